@@ -1,0 +1,129 @@
+"""The ``maskkv`` command line: thin wrappers that parse flags and call the library."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import torch
+from rich.console import Console
+
+console = Console(stderr=True)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="maskkv")
+def main() -> None:
+    """maskkv: KV-cache eviction for long-context inference with diffusion LLMs (LLaDA, Dream)."""
+
+
+@main.command()
+@click.option("--model", "model_path", required=True, help="Checkpoint folder (config.json + safetensors) or hub id.")
+@click.option("--prompt", default=None, help="Prompt text.")
+@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read the prompt from this UTF-8 file instead of --prompt.")
+@click.option("--chat/--no-chat", default=False, show_default=True,
+              help="Wrap the prompt in the tokenizer's chat template as one user turn.")
+@click.option("--gen-length", type=int, default=64, show_default=True, help="Tokens to generate.")
+@click.option("--steps", type=int, default=64, show_default=True, help="Denoising steps in total.")
+@click.option("--block-length", type=int, default=None,
+              help="Semi-autoregressive block length (default: one block; Dream: its own schedule).")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="Sampling temperature (0 = greedy).")
+@click.option("--remasking", default="low_confidence", show_default=True,
+              help="LLaDA: low_confidence | random. Dream: origin | maskgit_plus | topk_margin | entropy.")
+@click.option("--cfg-scale", type=float, default=0.0, show_default=True, help="Classifier-free guidance scale.")
+@click.option("--threshold", type=float, default=None, help="Fast-dLLM parallel decoding confidence threshold, e.g. 0.9.")
+@click.option("--top-p", type=float, default=None, help="Dream: nucleus sampling threshold.")
+@click.option("--top-k", type=int, default=None, help="Dream: top-k sampling.")
+@click.option("--alg-temp", type=float, default=None, help="Dream: temperature of the position choice.")
+@click.option("--logits-eos-inf", is_flag=True, help="LLaDA: never propose EOS.")
+@click.option("--confidence-eos-eot-inf", is_flag=True, help="LLaDA: zero the confidence of EOS/EOT proposals.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the torch RNG.")
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
+@click.option("--dtype", type=click.Choice(sorted(_DTYPES)), default=None,
+              help="Weights dtype (default: float32 on CPU, bfloat16 elsewhere).")
+@click.option("--rope-scaling-factor", type=float, default=1.0, show_default=True,
+              help="Multiply rope_theta (LongLLaDA NTK scaling, e.g. 4 for 8k with LLaDA).")
+def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat: bool, gen_length: int, steps: int,
+             block_length: int | None, temperature: float, remasking: str, cfg_scale: float, threshold: float | None,
+             top_p: float | None, top_k: int | None, alg_temp: float | None, logits_eos_inf: bool,
+             confidence_eos_eot_inf: bool, seed: int, device: str, dtype: str | None,
+             rope_scaling_factor: float) -> None:
+    """Generate an answer to one prompt and print it."""
+    from . import generate as run_generate
+    from . import load_model, load_tokenizer
+
+    if (prompt is None) == (prompt_file is None):
+        _fail("give exactly one of --prompt TEXT or --prompt-file FILE")
+    text = prompt if prompt is not None else prompt_file.read_text(encoding="utf-8")
+    try:
+        model = load_model(model_path, device=device, dtype=_DTYPES.get(dtype) if dtype else None,
+                           rope_scaling_factor=rope_scaling_factor)
+        tokenizer = load_tokenizer(model_path)
+        ids = encode_prompt(tokenizer, text, chat=chat).to(model.embed_tokens.weight.device)
+        torch.manual_seed(seed)
+        out = run_generate(model, ids, gen_length=gen_length, steps=steps, block_length=block_length,
+                           temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, threshold=threshold,
+                           top_p=top_p, top_k=top_k, alg_temp=alg_temp, logits_eos_inf=logits_eos_inf,
+                           confidence_eos_eot_inf=confidence_eos_eot_inf)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    answer = decode_answer(tokenizer, out.sequences[0, ids.shape[1]:])
+    click.echo(answer)
+    console.print(f"[dim]{gen_length} tokens, {out.nfe} forward passes, {out.seconds:.2f} s "
+                  f"({gen_length / max(out.seconds, 1e-9):.1f} tokens/s)[/dim]")
+
+
+def encode_prompt(tokenizer, text: str, *, chat: bool) -> torch.Tensor:
+    """Token ids ``[1, P]`` of a prompt, optionally wrapped in the chat template as one user turn."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("--chat was given but this tokenizer has no chat template (tokenizer_config.json)")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    if ids.shape[1] == 0:
+        raise ValueError("the prompt is empty after tokenisation; give some text")
+    return ids
+
+
+def decode_answer(tokenizer, ids: torch.Tensor) -> str:
+    """Decode generated ids, cut at the first EOS/EOT, without special tokens."""
+    stops = {t for t in (tokenizer.eos_token_id, getattr(tokenizer, "eot_token_id", None)) if t is not None}
+    ids = ids.tolist()
+    for i, tok in enumerate(ids):
+        if tok in stops:
+            ids = ids[:i]
+            break
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+@main.command()
+@click.option("--model", "model_path", default=None,
+              help="Checkpoint folder or hub id (default: a small random LLaDA checkpoint made on the fly).")
+@click.option("--haystack-tokens", type=int, default=512, show_default=True, help="Approximate prompt length.")
+@click.option("--gen-length", type=int, default=16, show_default=True)
+@click.option("--steps", type=int, default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(model_path: str | None, haystack_tokens: int, gen_length: int, steps: int, seed: int) -> None:
+    """Answer a needle-in-a-haystack prompt and report the answer, its correctness and the speed."""
+    from .demo import run_demo
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="maskkv-demo-") as tmp:
+            run_demo(model_path, Path(tmp), haystack_tokens=haystack_tokens, gen_length=gen_length, steps=steps,
+                     seed=seed, console=Console())
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

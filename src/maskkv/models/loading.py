@@ -1,0 +1,176 @@
+"""Load LLaDA and Dream checkpoints: local folders or hub ids, safetensors only, no remote code.
+
+Weights are read tensor by tensor from (possibly sharded) safetensors files and assigned to a model
+built on the meta device, so no second full copy of the weights is ever alive (``models.md`` 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from safetensors import safe_open
+
+from . import dream, llada
+from .config import ModelConfig
+from .transformer import DiffusionTransformer
+
+logger = logging.getLogger(__name__)
+
+ADAPTERS: dict[str, ModuleType] = {llada.MODEL_TYPE: llada, dream.MODEL_TYPE: dream}
+_HUB_PATTERNS = ["*.json", "*.safetensors", "merges.txt", "vocab.json", "*.jinja"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be loaded as it is; the message says what to do."""
+
+
+def resolve_checkpoint(path_or_hub_id: str | Path, allow_patterns: list[str] | None = None) -> Path:
+    """A local folder as is, or a hub id downloaded (only ``allow_patterns``) through huggingface_hub."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds config.json")
+    text = str(path_or_hub_id)
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint folder {text} does not exist (and is not a hub id like 'GSAI-ML/LLaDA-8B-Instruct')")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=allow_patterns or _HUB_PATTERNS))
+    except Exception as err:  # offline, unknown repo, gated...
+        raise CheckpointError(
+            f"could not fetch {text!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
+            "Download the checkpoint elsewhere and pass its local folder instead."
+        ) from err
+
+
+def read_config(folder: Path, *, rope_scaling_factor: float = 1.0) -> ModelConfig:
+    """``config.json`` -> :class:`ModelConfig` through the family adapter named by ``model_type``."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{folder} has no config.json; is this a Hugging Face checkpoint folder?")
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
+    model_type = raw.get("model_type")
+    if model_type not in ADAPTERS:
+        raise CheckpointError(
+            f"{config_path}: unknown model_type {model_type!r}; maskkv supports {sorted(ADAPTERS)}"
+        )
+    adapter = ADAPTERS[model_type]
+    config = adapter.config_from_dict(raw, source=str(config_path))
+    eot = config.eot_token_id if config.eot_token_id is not None else _special_token_id(folder, adapter.EOT_TOKEN)
+    return replace(config, eot_token_id=eot, rope_scaling_factor=rope_scaling_factor, name=str(folder))
+
+
+def _special_token_id(folder: Path, token: str) -> int | None:
+    """The id of an added token, read from tokenizer.json or tokenizer_config.json when present."""
+    tok_json = folder / "tokenizer.json"
+    if tok_json.is_file():
+        for entry in json.loads(tok_json.read_text()).get("added_tokens", []):
+            if entry.get("content") == token:
+                return int(entry["id"])
+    tok_config = folder / "tokenizer_config.json"
+    if tok_config.is_file():
+        for idx, entry in json.loads(tok_config.read_text()).get("added_tokens_decoder", {}).items():
+            if entry.get("content") == token:
+                return int(idx)
+    return None
+
+
+def _weight_files(folder: Path) -> dict[str, list[str]]:
+    """Shard file -> tensor names, from the index file or the single ``model.safetensors``."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map' object")
+        shards: dict[str, list[str]] = defaultdict(list)
+        for name, shard in weight_map.items():
+            shards[shard].append(name)
+        for shard in shards:
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{index} lists shard {shard}, which is missing from {folder}")
+        return dict(shards)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        with safe_open(single, framework="pt") as f:
+            return {single.name: list(f.keys())}
+    if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
+        raise CheckpointError(
+            f"{folder} holds only pickled weights (*.bin/*.pt), which maskkv never unpickles. Convert them "
+            "once with a trusted tool, e.g. `python -c \"import torch, safetensors.torch as st; "
+            "st.save_file(torch.load('pytorch_model.bin', weights_only=True), 'model.safetensors', "
+            "metadata={'format': 'pt'})\"` (shard it if it is large), then load the folder again."
+        )
+    raise CheckpointError(f"{folder} has no model.safetensors or model.safetensors.index.json")
+
+
+def load_model(
+    path_or_hub_id: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    rope_scaling_factor: float = 1.0,
+) -> DiffusionTransformer:
+    """Load a LLaDA or Dream checkpoint into a :class:`DiffusionTransformer` in eval mode.
+
+    ``dtype=None`` means float32 on CPU (bf16 matmuls are very slow there) and bfloat16 elsewhere.
+    ``rope_scaling_factor`` multiplies ``rope_theta`` (LongLLaDA NTK scaling, ``models.md`` 6).
+    """
+    folder = resolve_checkpoint(path_or_hub_id)
+    config = read_config(folder, rope_scaling_factor=rope_scaling_factor)
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    key_map = ADAPTERS["llada" if config.family == "llada" else "Dream"].checkpoint_keys(config)
+
+    with torch.device("meta"):
+        model = DiffusionTransformer(config)
+    params = dict(model.named_parameters())
+    found: set[str] = set()
+    unexpected: list[str] = []
+    for shard, names in _weight_files(folder).items():
+        with safe_open(folder / shard, framework="pt", device="cpu") as f:
+            for name in names:
+                ours = key_map.get(name)
+                if ours is None:
+                    unexpected.append(name)
+                    continue
+                tensor = f.get_tensor(name)
+                expected = tuple(params[ours].shape)
+                if tuple(tensor.shape) != expected:
+                    raise CheckpointError(
+                        f"{folder / shard}: tensor {name} has shape {tuple(tensor.shape)}, but config.json "
+                        f"implies {expected}; the weights and config.json do not belong together"
+                    )
+                _assign(model, ours, tensor.to(device=device, dtype=dtype))
+                found.add(name)
+    missing = sorted(set(key_map) - found)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"{folder}: checkpoint is missing tensor(s) {shown}")
+    if unexpected:
+        shown = ", ".join(sorted(unexpected)[:5])
+        raise CheckpointError(
+            f"{folder}: unexpected tensor(s) {shown} for model_type {config.family!r}; "
+            "is config.json from another architecture?"
+        )
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    model.to(device)  # rebuilds the fp32 RoPE frequencies on the device
+    return model.eval().requires_grad_(False)
+
+
+def _assign(model: torch.nn.Module, name: str, tensor: torch.Tensor) -> None:
+    module_name, _, attr = name.rpartition(".")
+    module = model.get_submodule(module_name)
+    setattr(module, attr, torch.nn.Parameter(tensor, requires_grad=False))
