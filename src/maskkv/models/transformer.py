@@ -54,13 +54,18 @@ class DecoderBlock(nn.Module):
     def qkv(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normed projections, rotated at their positions.
+        """Normed projections of the residual stream ``x [B, T, d]``, rotated at their positions.
 
-        ``x [B, T, d]`` -> ``q [B, H, T, hd]``, ``k, v [B, Hkv, T, hd]`` (k after RoPE).
+        Returns ``q [B, H, T, hd]`` and ``k, v [B, Hkv, T, hd]`` (q and k after RoPE).
         """
+        return self.project_qkv(self.attn_norm(x), cos, sin)
+
+    def project_qkv(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`qkv` for rows that are already normed (``h = attn_norm(x)``)."""
         cfg = self.config
-        b, t, _ = x.shape
-        h = self.attn_norm(x)
+        b, t, _ = h.shape
         q = self.q_proj(h).view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
