@@ -16,6 +16,7 @@ _PUBLIC = {
     "load_tokenizer": "maskkv.models.tokenizer",
     "generate": "maskkv.sampling.generate",
     "GenerationOutput": "maskkv.sampling.generate",
+    "DLLMCache": "maskkv.cache.dllm_cache",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

@@ -46,6 +46,15 @@ def main() -> None:
 @click.option("--alg-temp", type=float, default=None, help="Dream: temperature of the position choice.")
 @click.option("--logits-eos-inf", is_flag=True, help="LLaDA: never propose EOS.")
 @click.option("--confidence-eos-eot-inf", is_flag=True, help="LLaDA: zero the confidence of EOS/EOT proposals.")
+@click.option("--cache", "cache_kind", type=click.Choice(["none", "dllm"]), default="none", show_default=True,
+              help="none: full forward every step. dllm: dLLM-Cache with prompt-state exclusion and mask-only "
+                   "projection.")
+@click.option("--prompt-interval", type=int, default=50, show_default=True,
+              help="dLLM-Cache: recompute the prompt every N passes (-1: every pass).")
+@click.option("--response-interval", type=int, default=5, show_default=True,
+              help="dLLM-Cache: recompute all response rows every N passes (-1: every pass).")
+@click.option("--transfer-ratio", type=float, default=0.25, show_default=True,
+              help="dLLM-Cache: share of response rows refreshed by V-verify on other passes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the torch RNG.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--dtype", type=click.Choice(sorted(_DTYPES)), default=None,
@@ -55,16 +64,21 @@ def main() -> None:
 def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat: bool, gen_length: int, steps: int,
              block_length: int | None, temperature: float, remasking: str, cfg_scale: float, threshold: float | None,
              top_p: float | None, top_k: int | None, alg_temp: float | None, logits_eos_inf: bool,
-             confidence_eos_eot_inf: bool, seed: int, device: str, dtype: str | None,
-             rope_scaling_factor: float) -> None:
+             confidence_eos_eot_inf: bool, cache_kind: str, prompt_interval: int, response_interval: int,
+             transfer_ratio: float, seed: int, device: str, dtype: str | None, rope_scaling_factor: float) -> None:
     """Generate an answer to one prompt and print it."""
     from . import generate as run_generate
     from . import load_model, load_tokenizer
+    from .cache import DLLMCache
 
     if (prompt is None) == (prompt_file is None):
         _fail("give exactly one of --prompt TEXT or --prompt-file FILE")
     text = prompt if prompt is not None else prompt_file.read_text(encoding="utf-8")
     try:
+        cache = None
+        if cache_kind == "dllm":
+            cache = DLLMCache(prompt_interval=prompt_interval, response_interval=response_interval,
+                              transfer_ratio=transfer_ratio)
         model = load_model(model_path, device=device, dtype=_DTYPES.get(dtype) if dtype else None,
                            rope_scaling_factor=rope_scaling_factor)
         tokenizer = load_tokenizer(model_path)
@@ -73,13 +87,16 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
         out = run_generate(model, ids, gen_length=gen_length, steps=steps, block_length=block_length,
                            temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, threshold=threshold,
                            top_p=top_p, top_k=top_k, alg_temp=alg_temp, logits_eos_inf=logits_eos_inf,
-                           confidence_eos_eot_inf=confidence_eos_eot_inf)
+                           confidence_eos_eot_inf=confidence_eos_eot_inf, cache=cache)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     answer = decode_answer(tokenizer, out.sequences[0, ids.shape[1]:])
     click.echo(answer)
-    console.print(f"[dim]{gen_length} tokens, {out.nfe} forward passes, {out.seconds:.2f} s "
-                  f"({gen_length / max(out.seconds, 1e-9):.1f} tokens/s)[/dim]")
+    summary = (f"{gen_length} tokens, {out.nfe} forward passes, {out.seconds:.2f} s "
+               f"({gen_length / max(out.seconds, 1e-9):.1f} tokens/s)")
+    if out.cache_bytes is not None:
+        summary += f", cache {out.cache_bytes['total'] / 2**20:.1f} MiB (peak {out.cache_bytes['peak'] / 2**20:.1f} MiB)"
+    console.print(f"[dim]{summary}[/dim]")
 
 
 def encode_prompt(tokenizer, text: str, *, chat: bool) -> torch.Tensor:

@@ -43,8 +43,8 @@ def run_demo(
     steps: int,
     seed: int,
     console: Console,
-) -> dict[str, object]:
-    """Run the demo and print a table; returns the row shown, for tests."""
+) -> list[dict[str, object]]:
+    """Run the demo and print a table; returns the rows shown, for tests."""
     from . import generate, load_model, load_tokenizer
     from .cli import decode_answer
     from .models.tiny import write_tiny_checkpoint
@@ -59,21 +59,29 @@ def run_demo(
     tokenizer = load_tokenizer(model_path)
     prompt, answer = haystack_prompt(tokenizer, haystack_tokens, seed=seed)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    torch.manual_seed(seed)
-    out = generate(model, ids, gen_length=gen_length, steps=steps)
-    text = decode_answer(tokenizer, out.sequences[0, ids.shape[1]:])
-    row = {
-        "system": "full cache",
-        "answer": text,
-        "correct": answer in text,
-        "prompt_tokens": ids.shape[1],
-        "tokens_per_s": gen_length / max(out.seconds, 1e-9),
-        "nfe": out.nfe,
-    }
+    from .cache import DLLMCache
+
+    systems = [("no cache", None), ("dLLM-Cache", DLLMCache())]
     table = Table(title=f"Needle in a haystack ({ids.shape[1]} prompt tokens, expected answer {answer})")
-    for column in ("system", "answer", "correct", "prompt tokens", "tokens/s", "NFE"):
+    for column in ("system", "answer", "correct", "cache MiB", "tokens/s", "NFE"):
         table.add_column(column)
-    table.add_row(row["system"], repr(text[:40]), "yes" if row["correct"] else "no", str(row["prompt_tokens"]),
-                  f"{row['tokens_per_s']:.1f}", str(row["nfe"]))
+    rows = []
+    for name, cache in systems:
+        torch.manual_seed(seed)
+        out = generate(model, ids, gen_length=gen_length, steps=steps, cache=cache)
+        text = decode_answer(tokenizer, out.sequences[0, ids.shape[1]:])
+        row = {
+            "system": name,
+            "answer": text,
+            "correct": answer in text,
+            "prompt_tokens": ids.shape[1],
+            "cache_bytes": None if out.cache_bytes is None else out.cache_bytes["total"],
+            "tokens_per_s": gen_length / max(out.seconds, 1e-9),
+            "nfe": out.nfe,
+        }
+        rows.append(row)
+        cache_mib = "-" if row["cache_bytes"] is None else f"{row['cache_bytes'] / 2**20:.2f}"
+        table.add_row(name, repr(text[:40]), "yes" if row["correct"] else "no", cache_mib,
+                      f"{row['tokens_per_s']:.1f}", str(row["nfe"]))
     console.print(table)
-    return row
+    return rows

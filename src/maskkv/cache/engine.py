@@ -1,0 +1,302 @@
+"""The cached forward pass: runs the model's blocks on the rows a pass must recompute.
+
+One :class:`CachedDenoiser` serves one request (one ``generate`` call). It exposes the same
+``logits_at(input_ids, attention_mask, positions)`` as the model, so the samplers do not know
+whether a cache is active. Per pass ``s`` (1-based, global over blocks, ``dllm_cache.md`` 2):
+
+- **full** (``s = 1`` or both refreshes): every row, exactly the uncached computation; stores each
+  layer's K/V (post-RoPE, true positions) and the response rows' attention/MLP outputs.
+- **prompt refresh**: the prompt stream is recomputed from its embeddings (keys: fresh prompt K/V
+  plus the cached response K/V); the response rows follow the response policy below.
+- **response refresh**: response rows only, over the cached prompt K/V (branch B).
+- **cached**: response rows reuse their cached features; with a transfer ratio, V-verify picks the
+  rows whose values moved most and recomputes only those (branch D, ``dllm_cache.md`` 5).
+
+Keys are stored after RoPE, so any subset of the prompt K/V (eviction) keeps its true positions,
+and queries are always rotated at their absolute positions (MaskKV D11).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from .state import CacheStats, LayerCache
+
+if TYPE_CHECKING:
+    from ..models.transformer import DecoderBlock, DiffusionTransformer
+    from .dllm_cache import DLLMCache
+
+
+@dataclass
+class PassRecord:
+    """What one forward pass computed: the query rows that entered each layer."""
+
+    step: int
+    prompt_refresh: bool
+    response_refresh: bool
+    rows_per_layer: list[int] = field(default_factory=list)
+    projected_rows: int = 0
+
+
+class CachedDenoiser:
+    """Per-request cached forward (see the module docstring). Built by :meth:`DLLMCache.bind`."""
+
+    def __init__(self, model: DiffusionTransformer, policy: DLLMCache, prompt_length: int, press=None) -> None:
+        if prompt_length <= 0:
+            raise ValueError(f"prompt_length must be positive, got {prompt_length}")
+        self.model = model
+        self.config = model.config
+        self.policy = policy
+        self.prompt_length = prompt_length
+        self.press = press
+        self.step = 0
+        self.layers: list[LayerCache] = []
+        self.stats = CacheStats()
+        self.passes: list[PassRecord] = []
+        # per-request constants, set on the first pass
+        self._cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._full_bias: torch.Tensor | None = None
+        self._prompt_pad_rows: torch.Tensor | None = None  # Dream: [B, P, 1] True at pad rows
+        self._prompt_valid: torch.Tensor | None = None  # [B, P] bool, None when unpadded
+        self._last_prompt_hidden: torch.Tensor | None = None  # Dream: final stream of row P-1
+        self._resp_stream: torch.Tensor | None = None
+        self._prompt_stream: torch.Tensor | None = None
+
+    # ----- the sampler's interface ---------------------------------------------------------
+
+    @torch.inference_mode()
+    def logits_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """One cached forward pass, then logits for canvas ``positions [C]`` -> ``[B, C, V]``."""
+        self.step += 1
+        p = self.prompt_length
+        if input_ids.shape[1] <= p:
+            raise ValueError(f"canvas of length {input_ids.shape[1]} has no response rows after the {p}-token prompt")
+        first = not self.layers
+        if first:
+            self._start(input_ids, attention_mask)
+        refresh_prompt = first or self.policy.refresh_prompt(self.step)
+        refresh_response = first or self.policy.refresh_response(self.step)
+        record = PassRecord(self.step, refresh_prompt, refresh_response)
+        if refresh_prompt and refresh_response:
+            self._full_pass(input_ids, record)
+        else:
+            self._partial_pass(input_ids, refresh_prompt, refresh_response, record)
+        self.passes.append(record)
+        self.stats.observe(self.layers, self._last_prompt_hidden)
+        return self._project(positions, record)
+
+    # ----- passes --------------------------------------------------------------------------
+
+    def _start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        model, p = self.model, self.prompt_length
+        length = input_ids.shape[1]
+        position_ids = model.default_position_ids(attention_mask, length)
+        self._cos_sin = model.rotary(position_ids)
+        dtype = model.embed_tokens.weight.dtype
+        self._full_bias = model.key_padding_bias(attention_mask, dtype)
+        if self._full_bias is not None:
+            valid = attention_mask.to(torch.bool)
+            if not bool(valid[:, p:].all()):
+                raise ValueError("attention_mask marks response positions as padding; pad prompts on the left")
+            self._prompt_valid = valid[:, :p]
+            if self.config.pad_queries_masked:
+                self._prompt_pad_rows = ~valid[:, :p, None]
+
+    def _rope(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin of the given rows: a slice of the canvas, or per-sample indices ``[B, R]``."""
+        cos, sin = self._cos_sin
+        if isinstance(rows, slice):
+            return cos[:, rows], sin[:, rows]
+        if cos.shape[0] != rows.shape[0]:
+            cos, sin = cos.expand(rows.shape[0], -1, -1), sin.expand(rows.shape[0], -1, -1)
+        index = rows[..., None].expand(-1, -1, cos.shape[-1])
+        return cos.gather(1, index), sin.gather(1, index)
+
+    def _full_pass(self, input_ids: torch.Tensor, record: PassRecord) -> None:
+        """Every row through every layer, exactly as the uncached model; (re)fills every cache."""
+        model, p, policy = self.model, self.prompt_length, self.policy
+        cos, sin = self._cos_sin
+        x = model.embed_tokens(input_ids)
+        keep_prompt_features = not policy.prompt_state_exclusion
+        new_layers: list[LayerCache] = []
+        for index, layer in enumerate(model.layers):
+            q, k, v = layer.qkv(x, cos, sin)
+            attn = layer.attend(q, k, v, self._full_bias)
+            if self._prompt_pad_rows is not None:
+                attn[:, :p] = attn[:, :p].masked_fill(self._prompt_pad_rows, 0.0)
+            x = x + attn
+            mlp = layer.mlp(x)
+            x = x + mlp
+            cache = LayerCache(
+                k=k, v=v, prompt_slots=p,
+                prompt_valid=None if self._prompt_valid is None else self._prompt_valid[:, None, :],
+                resp_attn=attn[:, p:].contiguous(), resp_mlp=mlp[:, p:].contiguous(),
+                prompt_attn=attn[:, :p].contiguous() if keep_prompt_features else None,
+                prompt_mlp=mlp[:, :p].contiguous() if keep_prompt_features else None,
+            )  # fmt: skip
+            cache.attn_mask = self._mask_for(cache)
+            new_layers.append(cache)
+            record.rows_per_layer.append(x.shape[1])
+        self.layers = new_layers
+        self._resp_stream = x[:, p:]
+        self._prompt_stream = x[:, :p] if not policy.mask_only_projection else None
+        if self.config.logits_shift:
+            self._last_prompt_hidden = x[:, p - 1 : p].contiguous()
+
+    def _partial_pass(
+        self, input_ids: torch.Tensor, refresh_prompt: bool, refresh_response: bool, record: PassRecord
+    ) -> None:
+        """Response rows (all, V-verified, or none per layer) and, on a prompt refresh, the prompt rows."""
+        model, p, policy = self.model, self.prompt_length, self.policy
+        x_resp = model.embed_tokens(input_ids[:, p:])
+        prompt_carried = refresh_prompt or not policy.prompt_state_exclusion
+        x_prompt = model.embed_tokens(input_ids[:, :p]) if prompt_carried else None
+        transfer = int(x_resp.shape[1] * policy.transfer_ratio)
+        for index, (layer, cache) in enumerate(zip(model.layers, self.layers)):
+            if refresh_response or (index == 0 and policy.layer0_response_refresh):
+                mode = "all"
+            else:
+                mode = "transfer" if transfer > 0 else "none"
+            if refresh_prompt:
+                x_prompt, x_resp, rows = self._layer_with_prompt(layer, cache, x_prompt, x_resp, mode, transfer)
+            else:
+                x_resp, rows = self._response_layer(layer, cache, x_resp, mode, transfer)
+                if x_prompt is not None:  # dLLM-Cache carries the prompt stream from cached features
+                    x_prompt = x_prompt + cache.prompt_attn
+                    x_prompt = x_prompt + cache.prompt_mlp
+            record.rows_per_layer.append(rows)
+        self._resp_stream = x_resp
+        self._prompt_stream = x_prompt if not policy.mask_only_projection else None
+        if self.config.logits_shift and x_prompt is not None:
+            self._last_prompt_hidden = x_prompt[:, p - 1 : p].contiguous()
+
+    def _response_queries(
+        self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, mode: str, transfer: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Refresh the response K/V for ``mode``; return ``(queries, chosen rows)``.
+
+        ``all``: every response row (rows None). ``transfer``: V-verify (``dllm_cache.md`` 5) picks
+        the ``transfer`` rows with the lowest cosine similarity between fresh and cached V.
+        ``none``: no response query.
+        """
+        p = self.prompt_length
+        if mode == "none":
+            return None, None
+        if mode == "all":
+            cos, sin = self._rope(slice(p, None))
+            q, k, v = layer.qkv(x_resp, cos, sin)
+            cache.resp_k.copy_(k)
+            cache.resp_v.copy_(v)
+            return q, None
+        cfg = self.config
+        b, g, _ = x_resp.shape
+        h = layer.attn_norm(x_resp)
+        v_new = layer.v_proj(h).view(b, g, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
+        v_old = cache.resp_v
+        similarity = F.cosine_similarity(v_new.transpose(1, 2).reshape(b, g, -1), v_old.transpose(1, 2).reshape(b, g, -1), dim=-1)
+        rows = similarity.topk(transfer, dim=1, largest=False).indices  # [B, R]
+        h_sel = h.gather(1, rows[..., None].expand(-1, -1, h.shape[-1]))
+        cos, sin = self._rope(rows + p)
+        q_sel, k_sel, v_sel = layer.project_qkv(h_sel, cos, sin)
+        head_index = rows[:, None, :, None].expand(-1, cfg.num_kv_heads, -1, cfg.head_dim)
+        cache.resp_k.scatter_(2, head_index, k_sel)
+        if self.policy.refresh_all_values:
+            cache.resp_v.copy_(v_new)
+        else:
+            cache.resp_v.scatter_(2, head_index, v_sel)
+        return q_sel, rows
+
+    def _finish_response(
+        self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, attn: torch.Tensor | None,
+        rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Store the fresh attention output(s), run the MLP on the same rows, return the new stream."""
+        if attn is not None and rows is None:
+            cache.resp_attn.copy_(attn)
+        elif attn is not None:
+            cache.resp_attn.scatter_(1, rows[..., None].expand(-1, -1, attn.shape[-1]), attn)
+        x_mid = x_resp + cache.resp_attn
+        if attn is not None and rows is None:
+            cache.resp_mlp.copy_(layer.mlp(x_mid))
+        elif attn is not None:
+            index = rows[..., None].expand(-1, -1, x_mid.shape[-1])
+            cache.resp_mlp.scatter_(1, index, layer.mlp(x_mid.gather(1, index)))
+        return x_mid + cache.resp_mlp
+
+    def _response_layer(
+        self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, mode: str, transfer: int
+    ) -> tuple[torch.Tensor, int]:
+        q, rows = self._response_queries(layer, cache, x_resp, mode, transfer)
+        attn = None if q is None else layer.attend(q, cache.k, cache.v, cache.attn_mask)
+        n_rows = 0 if q is None else q.shape[2]
+        return self._finish_response(layer, cache, x_resp, attn, rows), n_rows
+
+    def _layer_with_prompt(
+        self, layer: DecoderBlock, cache: LayerCache, x_prompt: torch.Tensor, x_resp: torch.Tensor, mode: str,
+        transfer: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Prompt refresh at one layer: fresh prompt K/V, prompt queries plus the response queries."""
+        p = self.prompt_length
+        cos, sin = self._rope(slice(0, p))
+        q_p, k_p, v_p = layer.qkv(x_prompt, cos, sin)
+        q_r, rows = self._response_queries(layer, cache, x_resp, mode, transfer)
+        cache.replace_prompt(k_p, v_p, None if self._prompt_valid is None else self._prompt_valid[:, None, :])
+        cache.attn_mask = self._mask_for(cache)
+        q = q_p if q_r is None else torch.cat([q_p, q_r], dim=2)
+        attn = layer.attend(q, cache.k, cache.v, cache.attn_mask)
+        attn_p, attn_r = attn[:, :p], (None if q_r is None else attn[:, p:])
+        if self._prompt_pad_rows is not None:
+            attn_p = attn_p.masked_fill(self._prompt_pad_rows, 0.0)
+        x_prompt = x_prompt + attn_p
+        mlp_p = layer.mlp(x_prompt)
+        x_prompt = x_prompt + mlp_p
+        if not self.policy.prompt_state_exclusion:
+            cache.prompt_attn, cache.prompt_mlp = attn_p, mlp_p
+        x_resp = self._finish_response(layer, cache, x_resp, attn_r, rows)
+        return x_prompt, x_resp, q.shape[2]
+
+    # ----- masks and projection ------------------------------------------------------------
+
+    def _mask_for(self, cache: LayerCache) -> torch.Tensor | None:
+        """Attention mask over ``[prompt slots | response rows]``: pads and evicted slots masked."""
+        if cache.prompt_valid is None:
+            return None
+        valid = cache.prompt_valid
+        b, g = valid.shape[0], cache.k.shape[2] - cache.prompt_slots
+        if valid.shape[1] not in (1, self.config.num_heads):  # per KV head -> per query head
+            valid = valid.repeat_interleave(self.config.num_query_groups, dim=1)
+        full = torch.cat([valid, valid.new_ones(b, valid.shape[1], g)], dim=2)
+        return self.model.key_mask(full, cache.k.dtype)
+
+    def _project(self, positions: torch.Tensor, record: PassRecord) -> torch.Tensor:
+        """Final norm + LM head on the rows that predict ``positions`` (mask-only projection)."""
+        p = self.prompt_length
+        rows = positions - 1 if self.config.logits_shift else positions
+        if bool((rows < p).any()):
+            lowest = p - 1 if self.config.logits_shift else p
+            if self._last_prompt_hidden is None or bool((rows < lowest).any()):
+                raise ValueError(
+                    f"logits requested for prompt positions {positions[rows < lowest].tolist()}; "
+                    "the cache only predicts response positions"
+                )
+        if self.policy.mask_only_projection:
+            stream, offset = self._resp_stream, p
+            if self.config.logits_shift:
+                stream, offset = torch.cat([self._last_prompt_hidden, stream], dim=1), p - 1
+            record.projected_rows = int(rows.numel())
+            return self.model.project(stream[:, rows - offset])
+        # Ablation: project every row the pass holds, as dLLM-Cache does, then pick the rows.
+        if self._prompt_stream is not None:
+            stream, offset = torch.cat([self._prompt_stream, self._resp_stream], dim=1), 0
+        elif self.config.logits_shift:
+            stream, offset = torch.cat([self._last_prompt_hidden, self._resp_stream], dim=1), p - 1
+        else:
+            stream, offset = self._resp_stream, p
+        record.projected_rows = stream.shape[1]
+        return self.model.project(stream)[:, rows - offset]

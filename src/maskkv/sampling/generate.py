@@ -1,0 +1,519 @@
+"""Reference-exact LLaDA and Dream samplers behind one :func:`generate` (``sampling.md`` 1-3).
+
+- LLaDA (``sampling.md`` 1): semi-autoregressive blocks, the fixed per-block schedule of 1.3, Gumbel
+  proposals, low-confidence or random remasking, cfg, the EOS/EOT flags, left-padded batches.
+- Dream (``sampling.md`` 2): the float32 timestep schedule recomputed from the current mask count,
+  ``sample_tokens`` with origin / maskgit_plus / topk_margin / entropy; optionally per block with a
+  per-block ``linspace(1, eps, s_b + 1)`` (the step rule of the Fast-dLLM block sampler, 3.4).
+- Fast-dLLM threshold decoding (3.1) for both families: top-1 plus every eligible position whose
+  confidence is ``>= threshold``, repeated until the block has no masks.
+
+Given bit-identical logits, the canvases equal the reference samplers' token for token, and a
+``torch.manual_seed`` before the call reproduces the reference's random draws: the same RNG calls,
+shapes, dtypes, device and order. Logits are requested only for the positions that need them (the
+masked positions of the current block), except for LLaDA at ``temperature > 0`` where the reference
+draws full-shape ``[B, L, V]`` Gumbel noise and we request all positions to replay it.
+
+Deviation: a step whose region has no masked position left (LLaDA with ``s_b > n`` after the block is
+done; Dream ``origin`` finishing early) does not call the model (nothing can change), but still makes
+the reference's random draws. ``nfe`` counts the forward calls made; ``steps`` counts every step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..cache.dllm_cache import DLLMCache
+
+from .confidence import LLADA_REMASKING, SOFTMAX_DTYPES, llada_propose, sample_tokens
+from .schedules import (
+    dream_num_transfer_tokens,
+    dream_timesteps,
+    llada_num_transfer_tokens,
+    threshold_transfer_index,
+)
+
+DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+DREAM_ALIASES = {"low_confidence": "maskgit_plus"}
+
+
+@dataclass
+class GenerationOutput:
+    """What :func:`generate` returns.
+
+    Attributes:
+        sequences: ``[B, P + G]`` int64 canvas, prompt included (like the references).
+        nfe: model forward calls (cfg counts one per step: a single batched call).
+        seconds: wall time of the decoding loop (CUDA synchronised at both ends).
+        steps: sampler steps run (adaptive with a threshold).
+        cache_bytes: with a cache, its bytes by kind after the last pass plus ``total`` and ``peak``.
+    """
+
+    sequences: torch.LongTensor
+    nfe: int
+    seconds: float
+    steps: int
+    cache_bytes: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Validated inputs shared by both families."""
+
+    x: torch.Tensor  # [B, L] canvas
+    attention_mask: torch.Tensor | None  # [B, L] or None
+    prompt_length: int
+    gen_length: int
+    block_length: int
+    steps_per_block: int
+
+
+def _elapsed(start: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _prepare(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    gen_length: int,
+    steps: int,
+    block_length: int | None,
+) -> _Plan:
+    """Validate shapes and build the canvas (``sampling.md`` 1.2, 2.2)."""
+    config = model.config
+    if not isinstance(prompt_ids, torch.Tensor):
+        raise ValueError(f"prompt_ids must be a torch.Tensor of token ids, got {type(prompt_ids).__name__}")
+    if prompt_ids.dtype.is_floating_point or prompt_ids.dtype == torch.bool:
+        raise ValueError(f"prompt_ids must hold integer token ids, got dtype {prompt_ids.dtype}")
+    if prompt_ids.dim() == 1:
+        prompt_ids = prompt_ids.unsqueeze(0)
+        if attention_mask is not None and attention_mask.dim() == 1:
+            attention_mask = attention_mask.unsqueeze(0)
+    if prompt_ids.dim() != 2:
+        raise ValueError(f"prompt_ids must be 2-D [batch, prompt_len] (or 1-D), got shape {tuple(prompt_ids.shape)}")
+    batch, prompt_length = prompt_ids.shape
+    if batch == 0 or prompt_length == 0:
+        raise ValueError(
+            f"prompt_ids has shape {tuple(prompt_ids.shape)}: the samplers need at least one prompt token per row "
+            "(Dream's first prediction comes from the last prompt row); prepend a BOS token"
+        )
+    if gen_length <= 0:
+        raise ValueError(f"gen_length must be >= 1, got {gen_length}")
+    if steps <= 0:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if block_length is None:
+        block_length = gen_length
+    if block_length <= 0 or gen_length % block_length != 0:
+        raise ValueError(
+            f"gen_length={gen_length} is not divisible by block_length={block_length}; "
+            "pick a block_length that divides gen_length (or None for one block)"
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks != 0:
+        raise ValueError(
+            f"steps={steps} is not divisible by the number of blocks {num_blocks} "
+            f"(gen_length {gen_length} / block_length {block_length}); use a multiple of {num_blocks}"
+        )
+    mask_id = config.mask_token_id
+    hits = (prompt_ids == mask_id).nonzero()
+    if hits.numel():
+        row, pos = (int(v) for v in hits[0])
+        raise ValueError(
+            f"prompt_ids[{row}, {pos}] is the mask token id {mask_id}: infilling (masks inside the prompt) "
+            "is not supported, and pads must not use the mask id; remove it from the prompt"
+        )
+
+    device = getattr(model, "device", None) or prompt_ids.device
+    prompt_ids = prompt_ids.to(device)
+    if attention_mask is not None:
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != (batch, prompt_length):
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask)
+            raise ValueError(
+                f"attention_mask has shape {shape} but prompt_ids has shape {(batch, prompt_length)}; "
+                "pass one 0/1 entry per prompt token"
+            )
+        attention_mask = attention_mask.to(device=device)
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError("attention_mask must contain only 0 (pad) and 1 (real token)")
+        attention_mask = attention_mask.long()
+        if bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()) or bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError(
+                "attention_mask must describe left padding (zeros, then ones, ending with a real token in every "
+                "row); re-tokenise with padding_side='left'"
+            )
+        ones = torch.ones(batch, gen_length, dtype=attention_mask.dtype, device=device)
+        attention_mask = torch.cat([attention_mask, ones], dim=-1)
+
+    x = torch.full((batch, prompt_length + gen_length), mask_id, dtype=torch.long, device=device)
+    x[:, :prompt_length] = prompt_ids
+    return _Plan(x, attention_mask, prompt_length, gen_length, block_length, steps // num_blocks)
+
+
+def _masked_columns(eligible: torch.Tensor) -> torch.Tensor:
+    """Ascending canvas positions where any row is eligible: ``[C]`` int64."""
+    return eligible.any(dim=0).nonzero().squeeze(1)
+
+
+def _commit_topk(x: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, k: torch.Tensor) -> None:
+    """Per row, write ``x0`` into ``x`` at the ``k[r]`` most confident positions (``sampling.md`` 1.4, 1.7).
+
+    ``torch.topk`` runs on full-length ``[L]`` rows as in the reference; rows sharing a ``k`` (all of
+    them, in practice) go through one batched call, which gives the same result per row.
+    """
+    for k_value in torch.unique(k).tolist():
+        if k_value == 0:
+            continue
+        rows = (k == k_value).nonzero().squeeze(1)
+        index = torch.topk(confidence[rows], k_value).indices  # [R, k]
+        row_index = rows.unsqueeze(1).expand_as(index)
+        x[row_index, index] = x0[row_index, index]
+
+
+def _llada_logits(
+    model: Any,
+    x: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    positions: torch.Tensor,
+    prompt_length: int,
+    cfg_scale: float,
+) -> torch.Tensor:
+    """LLaDA logits at ``positions``, with unsupervised cfg as one batched call (``sampling.md`` 1.4)."""
+    if cfg_scale <= 0:
+        return model.logits_at(x, attention_mask, positions)
+    x_uncond = x.clone()
+    x_uncond[:, :prompt_length] = model.config.mask_token_id  # prompt_index = the prompt columns
+    mask2 = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=0)
+    both = model.logits_at(torch.cat([x, x_uncond], dim=0), mask2, positions)
+    cond, uncond = torch.chunk(both, 2, dim=0)
+    return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+def _generate_llada(
+    model: Any,
+    plan: _Plan,
+    *,
+    temperature: float,
+    remasking: str,
+    cfg_scale: float,
+    threshold: float | None,
+    logits_eos_inf: bool,
+    confidence_eos_eot_inf: bool,
+    softmax_dtype: str,
+) -> tuple[torch.Tensor, int, int]:
+    """LLaDA ``generate`` (``sampling.md`` 1.4), or Fast-dLLM's threshold loop (3.1). Returns (x, nfe, steps)."""
+    config = model.config
+    x = plan.x
+    batch, length = x.shape
+    mask_id = config.mask_token_id
+    prompt_length, block_length = plan.prompt_length, plan.block_length
+    columns = torch.arange(length, device=x.device)
+    nfe = 0
+    steps_run = 0
+
+    def step(x: torch.Tensor, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One proposal over the canvas: (x0 [B, L], confidence [B, L]); confidence None when skipped."""
+        nonlocal nfe
+        if not bool(eligible.any()):
+            # Nothing to predict (s_b > n after the block is done): skip the forward, keep the reference's draws.
+            if temperature > 0:
+                torch.rand((batch, length, config.vocab_size), dtype=torch.float64, device=x.device)
+            if remasking == "random":
+                torch.rand((batch, length), device=x.device)
+            return x, None
+        # T > 0: the reference's Gumbel draw has the full [B, L, V] shape, so ask for every position.
+        positions = columns if temperature > 0 else _masked_columns(eligible)
+        logits = _llada_logits(model, x, plan.attention_mask, positions, prompt_length, cfg_scale)
+        nfe += 1
+        x0_c, confidence_c = llada_propose(
+            logits,
+            temperature,
+            remasking,
+            eos_token_id=config.eos_token_id,
+            eot_token_id=config.eot_token_id,
+            logits_eos_inf=logits_eos_inf,
+            confidence_eos_eot_inf=confidence_eos_eot_inf,
+            softmax_dtype=softmax_dtype,
+        )
+        if confidence_c is None:  # "random": one full-length float32 draw, after the noise
+            confidence_c = torch.rand((batch, length), device=x.device)[:, positions]
+        x0 = x.clone()
+        x0[:, positions] = x0_c
+        # Full-length rows, -inf off the eligible set, so topk sees the reference's [L] rows (1.7).
+        confidence = torch.full((batch, length), -torch.inf, dtype=confidence_c.dtype, device=x.device)
+        confidence[:, positions] = confidence_c
+        confidence = torch.where(eligible, confidence, -torch.inf)
+        return x0, confidence
+
+    for block in range(plan.gen_length // block_length):
+        block_start = prompt_length + block * block_length
+        block_end = block_start + block_length
+        if threshold is None:
+            schedule = llada_num_transfer_tokens(x[:, block_start:block_end] == mask_id, plan.steps_per_block)
+            for i in range(plan.steps_per_block):
+                eligible = (x == mask_id) & (columns < block_end)
+                x0, confidence = step(x, eligible)
+                steps_run += 1
+                if confidence is not None:
+                    _commit_topk(x, x0, confidence, schedule[:, i])
+        else:
+            remaining = int((x[:, block_start:block_end] == mask_id).sum())
+            while remaining > 0:
+                eligible = (x == mask_id) & (columns < block_end)
+                x0, confidence = step(x, eligible)
+                steps_run += 1
+                pick = threshold_transfer_index(confidence, eligible, threshold)
+                x = torch.where(pick, x0, x)
+                now = int((x[:, block_start:block_end] == mask_id).sum())
+                if now == remaining:
+                    raise RuntimeError(
+                        f"threshold decoding made no progress in block {block}: the model proposed the mask token "
+                        f"id {mask_id}; suppress that logit in the model"
+                    )
+                remaining = now
+    return x, nfe, steps_run
+
+
+def _generate_dream(
+    model: Any,
+    plan: _Plan,
+    *,
+    alg: str,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
+    alg_temp: float | None,
+    eps: float,
+    threshold: float | None,
+) -> tuple[torch.Tensor, int, int]:
+    """Dream ``_sample`` (``sampling.md`` 2.4), per block when blocks are given (3.4), or threshold (3.1).
+
+    Without ``block_length`` the plan holds one block spanning the generation region, which is the
+    reference's unblocked sampler exactly.
+    """
+    config = model.config
+    x = plan.x
+    batch, length = x.shape
+    mask_id = config.mask_token_id
+    columns = torch.arange(length, device=x.device)
+    block_length = plan.block_length
+    steps_per_block = plan.steps_per_block
+    timesteps = dream_timesteps(steps_per_block, eps, device=x.device)
+    margin, negent = alg == "topk_margin", alg == "entropy"
+    rows = torch.arange(batch, device=x.device).unsqueeze(1)
+    nfe = 0
+    steps_run = 0
+
+    def masked_logits(x: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor | None:
+        """Logits of the eligible positions, flattened row-major like the reference's ``logits[mask_index]``."""
+        nonlocal nfe
+        positions = _masked_columns(eligible)
+        if positions.numel() == 0:
+            return None
+        logits = model.logits_at(x, plan.attention_mask, positions)  # [B, C, V], shift done by the model
+        nfe += 1
+        return logits[eligible[:, positions]]  # [N, V]
+
+    for block in range(plan.gen_length // block_length):
+        block_start = plan.prompt_length + block * block_length
+        block_end = block_start + block_length
+        in_block = (columns >= block_start) & (columns < block_end)
+        if threshold is not None:
+            remaining = int((x[:, block_start:block_end] == mask_id).sum())
+            while remaining > 0:
+                eligible = (x == mask_id) & in_block
+                mask_logits = masked_logits(x, eligible)
+                steps_run += 1
+                confidence, tokens = sample_tokens(mask_logits, temperature, top_p, top_k, margin_confidence=margin)
+                full_confidence = torch.full((batch, length), -torch.inf, dtype=mask_logits.dtype, device=x.device)
+                full_confidence[eligible] = confidence
+                candidates = torch.full_like(x, mask_id)
+                candidates[eligible] = tokens
+                pick = threshold_transfer_index(full_confidence, eligible, threshold)
+                x = torch.where(pick, candidates, x)
+                now = int((x[:, block_start:block_end] == mask_id).sum())
+                if now == remaining:
+                    raise RuntimeError(
+                        f"threshold decoding made no progress in block {block}: the model proposed the mask token "
+                        f"id {mask_id}; suppress that logit in the model"
+                    )
+                remaining = now
+            continue
+
+        for i in range(steps_per_block):
+            eligible = (x == mask_id) & in_block
+            steps_run += 1
+            mask_logits = masked_logits(x, eligible)
+            if mask_logits is None:
+                # No masks left (origin can finish early): the reference's draws here are all empty.
+                continue
+            t = timesteps[i]
+            s = timesteps[i + 1]
+            if alg == "origin":
+                p_transfer = 1 - s / t if i < steps_per_block - 1 else 1
+                new = torch.full((mask_logits.shape[0],), mask_id, dtype=torch.long, device=x.device)
+                chosen = torch.rand(mask_logits.shape[0], device=x.device) < p_transfer
+                _, new[chosen] = sample_tokens(mask_logits[chosen], temperature, top_p, top_k)
+                x[eligible] = new
+                continue
+            confidence, tokens = sample_tokens(
+                mask_logits, temperature, top_p, top_k, margin_confidence=margin, neg_entropy=negent
+            )
+            k = dream_num_transfer_tokens(eligible, timesteps, i, steps_per_block)
+            full_confidence = torch.full((batch, length), -torch.inf, dtype=mask_logits.dtype, device=x.device)
+            full_confidence[eligible] = confidence
+            if k > 0:
+                if alg_temp is None or alg_temp == 0:
+                    index = torch.topk(full_confidence, k).indices
+                else:
+                    weights = torch.softmax(full_confidence / alg_temp, dim=-1)
+                    index = torch.multinomial(weights, num_samples=k)
+                candidates = torch.full_like(x, mask_id)
+                candidates[eligible] = tokens
+                row_index = rows.expand_as(index)
+                x[row_index, index] = candidates[row_index, index]
+    return x, nfe, steps_run
+
+
+def generate(
+    model: Any,
+    prompt_ids: torch.Tensor,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    gen_length: int,
+    steps: int,
+    block_length: int | None = None,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    threshold: float | None = None,
+    logits_eos_inf: bool = False,
+    confidence_eos_eot_inf: bool = False,
+    softmax_dtype: str = "logits",
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg_temp: float | None = None,
+    eps: float = 1e-3,
+    cache: DLLMCache | None = None,
+) -> GenerationOutput:
+    """Fill ``gen_length`` masks after the prompt with the family's reference sampler (``sampling.md`` 1-3).
+
+    Args:
+        model: has ``config`` (:class:`~maskkv.models.config.ModelConfig`) and
+            ``logits_at(input_ids [B, L], attention_mask [B, L] | None, positions [C]) -> [B, C, V]``.
+        prompt_ids: ``[B, P]`` (or ``[P]``) token ids, left-padded for batches; no mask tokens.
+        attention_mask: ``[B, P]`` 0/1 left-padding mask, or None (all real). Extended with ones over
+            the generation region. cfg with None is allowed (the reference would fail).
+        gen_length: ``G``, tokens to generate.
+        steps: total steps ``S`` (divisible by the number of blocks). With ``threshold`` only validated.
+        block_length: ``Lb``; None = one block (LLaDA) / Dream's unblocked sampler.
+        temperature: LLaDA Gumbel / Dream sampling temperature, ``>= 0``.
+        remasking: LLaDA ``"low_confidence"`` | ``"random"``; Dream ``"origin"`` | ``"maskgit_plus"`` |
+            ``"topk_margin"`` | ``"entropy"`` (``"low_confidence"`` = ``"maskgit_plus"``).
+        cfg_scale: LLaDA unsupervised classifier-free guidance, ``>= 0``.
+        threshold: Fast-dLLM parallel decoding threshold in ``(0, 1]`` (3.1), or None.
+        logits_eos_inf, confidence_eos_eot_inf: LLaDA EOS/EOT flags (1.6).
+        softmax_dtype: LLaDA confidence softmax ``"logits"`` (HEAD) | ``"float64"`` (Fast-dLLM).
+        top_p, top_k, alg_temp, eps: Dream ``sample_tokens`` filters, selection temperature, final time.
+        cache: a :class:`~maskkv.cache.DLLMCache` policy, or None for a full forward every step.
+
+    Returns:
+        :class:`GenerationOutput` with the ``[B, P + G]`` canvas.
+    """
+    config = model.config
+    family = config.family
+    if family not in ("llada", "dream"):
+        raise ValueError(f"model.config.family={family!r} is unknown; expected 'llada' or 'dream'")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg_scale must be >= 0 (0 disables cfg), got {cfg_scale}")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1] (or None to use the step schedule), got {threshold}")
+    if softmax_dtype not in SOFTMAX_DTYPES:
+        raise ValueError(f"softmax_dtype={softmax_dtype!r} is unknown; use one of {SOFTMAX_DTYPES}")
+
+    if family == "llada":
+        if remasking not in LLADA_REMASKING:
+            raise ValueError(
+                f"remasking={remasking!r} is not valid for a LLaDA model; use one of {LLADA_REMASKING}"
+            )
+        dream_only = {"top_p": top_p, "top_k": top_k, "alg_temp": alg_temp}
+        given = [name for name, value in dream_only.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to Dream models only; leave them None for LLaDA")
+    else:
+        alg = DREAM_ALIASES.get(remasking, remasking)
+        if alg not in DREAM_ALGS:
+            raise ValueError(
+                f"remasking={remasking!r} is not valid for a Dream model; use one of {DREAM_ALGS} "
+                "('low_confidence' is accepted as 'maskgit_plus')"
+            )
+        llada_only = {
+            "cfg_scale": cfg_scale > 0,
+            "logits_eos_inf": logits_eos_inf,
+            "confidence_eos_eot_inf": confidence_eos_eot_inf,
+            "softmax_dtype='float64'": softmax_dtype != "logits",
+        }
+        given = [name for name, used in llada_only.items() if used]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to LLaDA models only; Dream's reference has no such option")
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if alg_temp is not None and alg_temp < 0:
+            raise ValueError(f"alg_temp must be >= 0 or None, got {alg_temp}")
+        if not 0 < eps < 1:
+            raise ValueError(f"eps must be in (0, 1), got {eps}")
+        if threshold is not None and alg not in ("maskgit_plus", "topk_margin"):
+            raise ValueError(
+                f"threshold needs a probability-like confidence; remasking={remasking!r} has none "
+                "(origin is random order, entropy is <= 0); use 'maskgit_plus' or 'topk_margin'"
+            )
+        if threshold is not None and alg_temp:
+            raise ValueError(f"alg_temp={alg_temp} samples the commit order, threshold selects it; set one of them")
+
+    with torch.inference_mode():
+        plan = _prepare(model, prompt_ids, attention_mask, gen_length, steps, block_length)
+        device = plan.x.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        denoiser = model if cache is None else cache.bind(model, plan.prompt_length)
+        if family == "llada":
+            x, nfe, steps_run = _generate_llada(
+                denoiser,
+                plan,
+                temperature=temperature,
+                remasking=remasking,
+                cfg_scale=cfg_scale,
+                threshold=threshold,
+                logits_eos_inf=logits_eos_inf,
+                confidence_eos_eot_inf=confidence_eos_eot_inf,
+                softmax_dtype=softmax_dtype,
+            )
+        else:
+            x, nfe, steps_run = _generate_dream(
+                denoiser,
+                plan,
+                alg=alg,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                alg_temp=alg_temp,
+                eps=eps,
+                threshold=threshold,
+            )
+        seconds = _elapsed(start, device)
+    # A clone made outside inference mode is an ordinary tensor: callers may edit it in place.
+    cache_bytes = None if cache is None else denoiser.stats.as_dict()
+    return GenerationOutput(
+        sequences=x.clone(), nfe=nfe, seconds=seconds, steps=steps_run, cache_bytes=cache_bytes
+    )
