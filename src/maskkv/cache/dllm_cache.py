@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..models.transformer import DiffusionTransformer
+    from ..presses.base import Press
     from .engine import CachedDenoiser
 
 
@@ -72,8 +73,10 @@ class DLLMCache:
         """Pass ``step`` recomputes every response row."""
         return (step - 1) % self.response_interval == 0
 
-    def bind(self, model: DiffusionTransformer, prompt_length: int, press=None) -> CachedDenoiser:
+    def bind(
+        self, model: DiffusionTransformer, prompt_length: int, press: Press | None = None, *, kept_attention: bool = False
+    ) -> CachedDenoiser:
         """A fresh per-request denoiser over ``model`` for prompts of ``prompt_length`` (padded) tokens."""
         from .engine import CachedDenoiser
 
-        return CachedDenoiser(model, self, prompt_length, press=press)
+        return CachedDenoiser(model, self, prompt_length, press=press, kept_attention=kept_attention)

@@ -24,10 +24,12 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..presses.base import KeepSet, LayerContext
 from .state import CacheStats, LayerCache
 
 if TYPE_CHECKING:
     from ..models.transformer import DecoderBlock, DiffusionTransformer
+    from ..presses.base import Press, PressPlan
     from .dllm_cache import DLLMCache
 
 
@@ -45,7 +47,18 @@ class PassRecord:
 class CachedDenoiser:
     """Per-request cached forward (see the module docstring). Built by :meth:`DLLMCache.bind`."""
 
-    def __init__(self, model: DiffusionTransformer, policy: DLLMCache, prompt_length: int, press=None) -> None:
+    def __init__(
+        self,
+        model: DiffusionTransformer,
+        policy: DLLMCache,
+        prompt_length: int,
+        press: Press | None = None,
+        *,
+        kept_attention: bool = False,
+    ) -> None:
+        """``kept_attention``: after eviction, prompt refresh passes attend only to the kept prompt
+        keys (evicted entries are absent everywhere: the uncached path with a press). By default a
+        refresh attends to the full fresh prompt and then keeps the chosen positions (MaskKV D6 a)."""
         if prompt_length <= 0:
             raise ValueError(f"prompt_length must be positive, got {prompt_length}")
         self.model = model
@@ -53,6 +66,8 @@ class CachedDenoiser:
         self.policy = policy
         self.prompt_length = prompt_length
         self.press = press
+        self.kept_attention = kept_attention
+        self.plan: PressPlan | None = None
         self.step = 0
         self.layers: list[LayerCache] = []
         self.stats = CacheStats()
@@ -80,7 +95,7 @@ class CachedDenoiser:
         first = not self.layers
         if first:
             self._start(input_ids, attention_mask)
-        refresh_prompt = first or self.policy.refresh_prompt(self.step)
+        refresh_prompt = first or (self.policy.refresh_prompt(self.step) and not self._prompt_frozen)
         refresh_response = first or self.policy.refresh_response(self.step)
         record = PassRecord(self.step, refresh_prompt, refresh_response)
         if refresh_prompt and refresh_response:
@@ -89,7 +104,13 @@ class CachedDenoiser:
             self._partial_pass(input_ids, refresh_prompt, refresh_response, record)
         self.passes.append(record)
         self.stats.observe(self.layers, self._last_prompt_hidden)
+        self.stats.observe_prompt_pairs(self.layers, self.prompt_length, self._prompt_valid)
         return self._project(positions, record)
+
+    @property
+    def _prompt_frozen(self) -> bool:
+        """MaskKV D6 ``none``: after eviction the prompt is never refreshed."""
+        return self.plan is not None and bool(self.plan.keep) and self.plan.press.prompt_refresh == "none"
 
     # ----- passes --------------------------------------------------------------------------
 
@@ -107,6 +128,9 @@ class CachedDenoiser:
             self._prompt_valid = valid[:, :p]
             if self.config.pad_queries_masked:
                 self._prompt_pad_rows = ~valid[:, :p, None]
+        if self.press is not None:
+            plan = self.press.plan(self.config, p, self._prompt_valid, input_ids.shape[0])
+            self.plan = plan if plan.active else None  # budget >= every prompt: nothing to evict (D8)
 
     def _rope(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin of the given rows: a slice of the canvas, or per-sample indices ``[B, R]``."""
@@ -119,18 +143,32 @@ class CachedDenoiser:
         return cos.gather(1, index), sin.gather(1, index)
 
     def _full_pass(self, input_ids: torch.Tensor, record: PassRecord) -> None:
-        """Every row through every layer, exactly as the uncached model; (re)fills every cache."""
+        """Every row through every layer, exactly as the uncached model; (re)fills every cache.
+
+        With a press, the first pass scores and evicts each layer right after its attention (as soon
+        as its budget is known: offline allocations) or after the pass (online allocations); later
+        full passes re-apply (or re-vote) the kept positions.
+        """
         model, p, policy = self.model, self.prompt_length, self.policy
         cos, sin = self._cos_sin
         x = model.embed_tokens(input_ids)
         keep_prompt_features = not policy.prompt_state_exclusion
+        scoring = self.plan is not None and not self.plan.keep
+        voters = input_ids[:, p:] == self.config.mask_token_id
         new_layers: list[LayerCache] = []
         for index, layer in enumerate(model.layers):
+            x_in = x
             q, k, v = layer.qkv(x, cos, sin)
-            attn = layer.attend(q, k, v, self._full_bias)
+            keep = None if self.plan is None or scoring else self.plan.keep[index]
+            if keep is not None and self.plan.press.prompt_refresh == "revote":
+                keep = self.plan.revote(self._context(index, q, k, voters))
+            bias = self._full_bias if keep is None or not self.kept_attention else self._kept_only_mask(keep, k.dtype)
+            attn = layer.attend(q, k, v, bias)
             if self._prompt_pad_rows is not None:
                 attn[:, :p] = attn[:, :p].masked_fill(self._prompt_pad_rows, 0.0)
             x = x + attn
+            if scoring:
+                keep = self.plan.after_layer(self._context(index, q, k, voters, hidden_in=x_in, hidden_mid=x))
             mlp = layer.mlp(x)
             x = x + mlp
             cache = LayerCache(
@@ -140,14 +178,52 @@ class CachedDenoiser:
                 prompt_attn=attn[:, :p].contiguous() if keep_prompt_features else None,
                 prompt_mlp=mlp[:, :p].contiguous() if keep_prompt_features else None,
             )  # fmt: skip
-            cache.attn_mask = self._mask_for(cache)
+            self.stats.observe([*new_layers, cache], None)  # peak includes this layer's full K/V
+            if keep is not None:
+                self._evict(cache, keep)
+            else:
+                cache.attn_mask = self._mask_for(cache)
             new_layers.append(cache)
             record.rows_per_layer.append(x.shape[1])
         self.layers = new_layers
+        if scoring:  # online allocation: every layer's statistics were needed first
+            for index, keep in self.plan.finish().items():
+                self._evict(self.layers[index], keep)
         self._resp_stream = x[:, p:]
         self._prompt_stream = x[:, :p] if not policy.mask_only_projection else None
         if self.config.logits_shift:
             self._last_prompt_hidden = x[:, p - 1 : p].contiguous()
+
+    def _context(
+        self, index: int, q: torch.Tensor, k: torch.Tensor, voters: torch.Tensor, **hidden: torch.Tensor
+    ) -> LayerContext:
+        key_valid = None
+        if self._prompt_valid is not None:
+            key_valid = torch.cat([self._prompt_valid, voters.new_ones(voters.shape)], dim=1)
+        return LayerContext(
+            layer=index, config=self.config, queries=q, keys=k, prompt_length=self.prompt_length,
+            key_valid=key_valid, voter_rows=voters, **hidden,
+        )  # fmt: skip
+
+    def _evict(self, cache: LayerCache, keep: KeepSet) -> None:
+        """Keep only ``keep``'s prompt positions per KV head; the full prompt K/V are released."""
+        index = keep.indices[..., None].expand(-1, -1, -1, cache.k.shape[-1])
+        k_kept = cache.k[:, :, : cache.prompt_slots].gather(2, index)
+        v_kept = cache.v[:, :, : cache.prompt_slots].gather(2, index)
+        valid = None if bool(keep.valid.all()) else keep.valid
+        cache.replace_prompt(k_kept, v_kept, valid)
+        cache.prompt_positions = keep.indices.to(torch.int32)
+        cache.attn_mask = self._mask_for(cache)
+
+    def _kept_only_mask(self, keep: KeepSet, dtype: torch.dtype) -> torch.Tensor:
+        """Mask over a full ``[prompt | response]`` key set that hides evicted prompt keys per head."""
+        p = self.prompt_length
+        b, h_kv = keep.indices.shape[:2]
+        g = self._cos_sin[0].shape[1] - p
+        prompt = torch.zeros(b, h_kv, p, dtype=torch.bool, device=keep.indices.device)
+        prompt.scatter_(2, keep.indices, keep.valid)
+        valid = torch.cat([prompt, prompt.new_ones(b, h_kv, g)], dim=2)
+        return self.model.key_mask(valid.repeat_interleave(self.config.num_query_groups, dim=1), dtype)
 
     def _partial_pass(
         self, input_ids: torch.Tensor, refresh_prompt: bool, refresh_response: bool, record: PassRecord
@@ -158,13 +234,16 @@ class CachedDenoiser:
         prompt_carried = refresh_prompt or not policy.prompt_state_exclusion
         x_prompt = model.embed_tokens(input_ids[:, :p]) if prompt_carried else None
         transfer = int(x_resp.shape[1] * policy.transfer_ratio)
+        voters = input_ids[:, p:] == self.config.mask_token_id
         for index, (layer, cache) in enumerate(zip(model.layers, self.layers)):
             if refresh_response or (index == 0 and policy.layer0_response_refresh):
                 mode = "all"
             else:
                 mode = "transfer" if transfer > 0 else "none"
             if refresh_prompt:
-                x_prompt, x_resp, rows = self._layer_with_prompt(layer, cache, x_prompt, x_resp, mode, transfer)
+                x_prompt, x_resp, rows = self._layer_with_prompt(
+                    index, layer, cache, x_prompt, x_resp, mode, transfer, voters
+                )
             else:
                 x_resp, rows = self._response_layer(layer, cache, x_resp, mode, transfer)
                 if x_prompt is not None:  # dLLM-Cache carries the prompt stream from cached features
@@ -237,19 +316,37 @@ class CachedDenoiser:
         n_rows = 0 if q is None else q.shape[2]
         return self._finish_response(layer, cache, x_resp, attn, rows), n_rows
 
+    def _revote_context(
+        self, index: int, layer: DecoderBlock, q_p: torch.Tensor, cache: LayerCache, x_resp: torch.Tensor,
+        voters: torch.Tensor,
+    ) -> LayerContext:
+        """Scoring context of a prompt refresh: fresh prompt queries, every response query, all keys."""
+        cos, sin = self._rope(slice(self.prompt_length, None))
+        q_r = layer.qkv(x_resp, cos, sin)[0]
+        return self._context(index, torch.cat([q_p, q_r], dim=2), cache.k, voters)
+
     def _layer_with_prompt(
-        self, layer: DecoderBlock, cache: LayerCache, x_prompt: torch.Tensor, x_resp: torch.Tensor, mode: str,
-        transfer: int,
+        self, index: int, layer: DecoderBlock, cache: LayerCache, x_prompt: torch.Tensor, x_resp: torch.Tensor,
+        mode: str, transfer: int, voters: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Prompt refresh at one layer: fresh prompt K/V, prompt queries plus the response queries."""
         p = self.prompt_length
         cos, sin = self._rope(slice(0, p))
         q_p, k_p, v_p = layer.qkv(x_prompt, cos, sin)
         q_r, rows = self._response_queries(layer, cache, x_resp, mode, transfer)
+        keep = None if self.plan is None else self.plan.keep.get(index)
         cache.replace_prompt(k_p, v_p, None if self._prompt_valid is None else self._prompt_valid[:, None, :])
-        cache.attn_mask = self._mask_for(cache)
+        if keep is not None and self.plan.press.prompt_refresh == "revote":
+            keep = self.plan.revote(self._revote_context(index, layer, q_p, cache, x_resp, voters))
+        if keep is not None and self.kept_attention:
+            self._evict(cache, keep)  # evicted prompt keys are absent from this pass too
+            keep = None
+        else:
+            cache.attn_mask = self._mask_for(cache)
         q = q_p if q_r is None else torch.cat([q_p, q_r], dim=2)
         attn = layer.attend(q, cache.k, cache.v, cache.attn_mask)
+        if keep is not None:  # D6 keep/revote: full attention on the refresh pass, then keep the chosen slots
+            self._evict(cache, keep)
         attn_p, attn_r = attn[:, :p], (None if q_r is None else attn[:, p:])
         if self._prompt_pad_rows is not None:
             attn_p = attn_p.masked_fill(self._prompt_pad_rows, 0.0)

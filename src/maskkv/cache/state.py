@@ -67,6 +67,8 @@ class CacheStats:
 
     bytes: dict[str, int] = field(default_factory=dict)
     peak_bytes: int = 0
+    kept_prompt_pairs: int = 0  # logical: real prompt K/V pairs held, summed over layers, heads, batch
+    prompt_pairs: int = 0  # the same without eviction
 
     @property
     def total_bytes(self) -> int:
@@ -82,5 +84,18 @@ class CacheStats:
         self.bytes = totals
         self.peak_bytes = max(self.peak_bytes, self.total_bytes)
 
+    def observe_prompt_pairs(self, layers: list[LayerCache], prompt_length: int, prompt_valid: torch.Tensor | None) -> None:
+        """Count kept (logical) prompt pairs against the unevicted count."""
+        kept = total = 0
+        for layer in layers:
+            b, heads, slots = layer.k.shape[0], layer.k.shape[1], layer.prompt_slots
+            kept += b * heads * slots if layer.prompt_valid is None else int(layer.prompt_valid.expand(b, heads, slots).sum())
+            real = b * prompt_length if prompt_valid is None else int(prompt_valid.sum())
+            total += heads * real
+        self.kept_prompt_pairs, self.prompt_pairs = kept, total
+
     def as_dict(self) -> dict[str, int]:
-        return {**self.bytes, "total": self.total_bytes, "peak": self.peak_bytes}
+        return {
+            **self.bytes, "total": self.total_bytes, "peak": self.peak_bytes,
+            "kept_prompt_pairs": self.kept_prompt_pairs, "prompt_pairs": self.prompt_pairs,
+        }  # fmt: skip

@@ -48,6 +48,7 @@ class ModelConfig:
     max_position_embeddings: int = 4096
     rope_scaling_factor: float = 1.0
     name: str = field(default="", compare=False)  # checkpoint folder or hub id, for provenance
+    fingerprint: str = field(default="", compare=False)  # hash of a few weights, set by the loader
 
     @property
     def num_query_groups(self) -> int:

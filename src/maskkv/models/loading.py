@@ -166,6 +166,12 @@ def load_model(
         )
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    from ..presses.profile import weight_fingerprint
+
+    fingerprint = weight_fingerprint([model.embed_tokens.weight[:4], model.final_norm.weight, model.layers[0].q_proj.weight[:4]])
+    model.config = replace(config, fingerprint=fingerprint)
+    for layer in model.layers:
+        layer.config = model.config
     model.to(device)  # rebuilds the fp32 RoPE frequencies on the device
     return model.eval().requires_grad_(False)
 

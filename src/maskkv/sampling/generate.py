@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..cache.dllm_cache import DLLMCache
+from ..presses.base import Press
 
 from .confidence import LLADA_REMASKING, SOFTMAX_DTYPES, llada_propose, sample_tokens
 from .schedules import (
@@ -401,6 +402,7 @@ def generate(
     alg_temp: float | None = None,
     eps: float = 1e-3,
     cache: DLLMCache | None = None,
+    press: Press | None = None,
 ) -> GenerationOutput:
     """Fill ``gen_length`` masks after the prompt with the family's reference sampler (``sampling.md`` 1-3).
 
@@ -422,6 +424,9 @@ def generate(
         softmax_dtype: LLaDA confidence softmax ``"logits"`` (HEAD) | ``"float64"`` (Fast-dLLM).
         top_p, top_k, alg_temp, eps: Dream ``sample_tokens`` filters, selection temperature, final time.
         cache: a :class:`~maskkv.cache.DLLMCache` policy, or None for a full forward every step.
+        press: a :class:`~maskkv.presses.Press` evicting prompt K/V at the first pass. With
+            ``cache=None`` every step still recomputes every row, but attends only to the kept
+            prompt keys (evicted entries are absent from every later step).
 
     Returns:
         :class:`GenerationOutput` with the ``[B, P + G]`` canvas.
@@ -486,7 +491,13 @@ def generate(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        denoiser = model if cache is None else cache.bind(model, plan.prompt_length)
+        if cache is not None:
+            denoiser = cache.bind(model, plan.prompt_length, press=press)
+        elif press is not None:
+            every_pass = DLLMCache(prompt_interval=1, response_interval=1, transfer_ratio=0.0)
+            denoiser = every_pass.bind(model, plan.prompt_length, press=press, kept_attention=True)
+        else:
+            denoiser = model
         if family == "llada":
             x, nfe, steps_run = _generate_llada(
                 denoiser,
@@ -513,7 +524,7 @@ def generate(
             )
         seconds = _elapsed(start, device)
     # A clone made outside inference mode is an ordinary tensor: callers may edit it in place.
-    cache_bytes = None if cache is None else denoiser.stats.as_dict()
+    cache_bytes = None if denoiser is model else denoiser.stats.as_dict()
     return GenerationOutput(
         sequences=x.clone(), nfe=nfe, seconds=seconds, steps=steps_run, cache_bytes=cache_bytes
     )
