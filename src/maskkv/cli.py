@@ -55,6 +55,13 @@ def main() -> None:
               help="dLLM-Cache: recompute all response rows every N passes (-1: every pass).")
 @click.option("--transfer-ratio", type=float, default=0.25, show_default=True,
               help="dLLM-Cache: share of response rows refreshed by V-verify on other passes.")
+@click.option("--press", "press_name", default=None,
+              help="Evict prompt K/V with this press: maskkv, snapkv, pyramidkv, squeeze, adakv, streaming, h2o, "
+                   "knorm, random, sparse_dllm.")
+@click.option("--budget", type=int, default=256, show_default=True,
+              help="Press budget: average prompt K/V pairs kept per KV head per layer.")
+@click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="MaskKV offline layer profile (from `maskkv calibrate`); without one MaskKV runs online.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the torch RNG.")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
 @click.option("--dtype", type=click.Choice(sorted(_DTYPES)), default=None,
@@ -65,11 +72,13 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
              block_length: int | None, temperature: float, remasking: str, cfg_scale: float, threshold: float | None,
              top_p: float | None, top_k: int | None, alg_temp: float | None, logits_eos_inf: bool,
              confidence_eos_eot_inf: bool, cache_kind: str, prompt_interval: int, response_interval: int,
-             transfer_ratio: float, seed: int, device: str, dtype: str | None, rope_scaling_factor: float) -> None:
+             transfer_ratio: float, press_name: str | None, budget: int, profile_path: str | None, seed: int,
+             device: str, dtype: str | None, rope_scaling_factor: float) -> None:
     """Generate an answer to one prompt and print it."""
     from . import generate as run_generate
     from . import load_model, load_tokenizer
     from .cache import DLLMCache
+    from .presses import make_press
 
     if (prompt is None) == (prompt_file is None):
         _fail("give exactly one of --prompt TEXT or --prompt-file FILE")
@@ -79,6 +88,12 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
         if cache_kind == "dllm":
             cache = DLLMCache(prompt_interval=prompt_interval, response_interval=response_interval,
                               transfer_ratio=transfer_ratio)
+        press = None
+        if press_name is not None:
+            options = {"profile": profile_path} if profile_path else {}
+            press = make_press(press_name, budget, **options)
+        elif profile_path is not None:
+            _fail("--profile needs --press maskkv")
         model = load_model(model_path, device=device, dtype=_DTYPES.get(dtype) if dtype else None,
                            rope_scaling_factor=rope_scaling_factor)
         tokenizer = load_tokenizer(model_path)
@@ -87,7 +102,8 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
         out = run_generate(model, ids, gen_length=gen_length, steps=steps, block_length=block_length,
                            temperature=temperature, remasking=remasking, cfg_scale=cfg_scale, threshold=threshold,
                            top_p=top_p, top_k=top_k, alg_temp=alg_temp, logits_eos_inf=logits_eos_inf,
-                           confidence_eos_eot_inf=confidence_eos_eot_inf, cache=cache)
+                           confidence_eos_eot_inf=confidence_eos_eot_inf, cache=cache,
+                           press=press)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     answer = decode_answer(tokenizer, out.sequences[0, ids.shape[1]:])
@@ -96,6 +112,9 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
                f"({gen_length / max(out.seconds, 1e-9):.1f} tokens/s)")
     if out.cache_bytes is not None:
         summary += f", cache {out.cache_bytes['total'] / 2**20:.1f} MiB (peak {out.cache_bytes['peak'] / 2**20:.1f} MiB)"
+        if press is not None:
+            kept = out.cache_bytes["kept_prompt_pairs"] / max(out.cache_bytes["prompt_pairs"], 1)
+            summary += f", {100 * kept:.1f}% of the prompt K/V kept"
     console.print(f"[dim]{summary}[/dim]")
 
 
@@ -124,6 +143,59 @@ def decode_answer(tokenizer, ids: torch.Tensor) -> str:
 
 
 @main.command()
+@click.option("--model", "model_path", required=True, help="Checkpoint folder or hub id.")
+@click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSONL calibration prompts: one object per line with a 'prompt' (or 'input'/'context') field.")
+@click.option("--samples", type=int, default=32, show_default=True, help="Use the first N rows.")
+@click.option("--gen-length", type=int, default=32, show_default=True, help="Masks appended to each prompt.")
+@click.option("--max-prompt-tokens", type=int, default=None, help="Keep the last N tokens of longer prompts.")
+@click.option("--chat/--no-chat", default=False, show_default=True, help="Wrap prompts in the chat template.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the profile JSON.")
+def calibrate(model_path: str, data_path: Path, samples: int, gen_length: int, max_prompt_tokens: int | None,
+              chat: bool, device: str, output: Path) -> None:
+    """Compute MaskKV's offline layer-importance profile (Eq. 8) over a calibration set."""
+    import hashlib
+    import json
+
+    from . import load_model, load_tokenizer
+    from .presses.profile import calibrate as run_calibration
+    from .presses.profile import save_profile
+
+    if samples <= 0:
+        _fail(f"--samples must be positive, got {samples}")
+    prompts, texts = [], []
+    try:
+        model = load_model(model_path, device=device)
+        tokenizer = load_tokenizer(model_path)
+        for number, line in enumerate(data_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            text = next((row[k] for k in ("prompt", "input", "context") if isinstance(row.get(k), str)), None)
+            if text is None:
+                _fail(f"{data_path}:{number}: no 'prompt', 'input' or 'context' string field")
+            texts.append(text)
+            ids = encode_prompt(tokenizer, text, chat=chat)
+            if max_prompt_tokens:
+                ids = ids[:, -max_prompt_tokens:]
+            prompts.append(ids.to(device))
+            if len(prompts) == samples:
+                break
+        if not prompts:
+            _fail(f"{data_path} has no calibration rows")
+        importance = run_calibration(model, prompts, gen_length)
+    except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
+        _fail(str(err))
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    save_profile(output, model.config, importance, samples=len(prompts), gen_length=gen_length,
+                 token_set="all", data=str(data_path), data_sha256=digest, checkpoint=str(model_path))
+    click.echo(f"wrote {output}: {len(importance)} layers from {len(prompts)} samples")
+    console.print(" ".join(f"{v:.3f}" for v in importance))
+
+
+@main.command()
 @click.option("--model", "model_path", default=None,
               help="Checkpoint folder or hub id (default: a small random LLaDA checkpoint made on the fly).")
 @click.option("--haystack-tokens", type=int, default=512, show_default=True, help="Approximate prompt length.")
@@ -141,6 +213,26 @@ def demo(model_path: str | None, haystack_tokens: int, gen_length: int, steps: i
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
 
+
+def _register_subcommands() -> None:
+    """Commands that live beside their subsystem (evaluation, benchmarks, training), when present."""
+    import importlib
+
+    for module_name, attribute in (
+        ("maskkv.eval.cli", "eval_group"),
+        ("maskkv.bench.cli", "bench"),
+        ("maskkv.train.cli", "train_tiny"),
+    ):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name is None or not module_name.startswith(err.name):
+                raise
+            continue
+        main.add_command(getattr(module, attribute))
+
+
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
