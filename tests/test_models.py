@@ -163,7 +163,7 @@ def test_rope_scaling_factor_multiplies_theta(tmp_path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(tmp_path / "nowhere")
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -104,7 +104,7 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
                            top_p=top_p, top_k=top_k, alg_temp=alg_temp, logits_eos_inf=logits_eos_inf,
                            confidence_eos_eot_inf=confidence_eos_eot_inf, cache=cache,
                            press=press)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         _fail(str(err))
     answer = decode_answer(tokenizer, out.sequences[0, ids.shape[1]:])
     click.echo(answer)
@@ -186,7 +186,7 @@ def calibrate(model_path: str, data_path: Path, samples: int, gen_length: int, m
         if not prompts:
             _fail(f"{data_path} has no calibration rows")
         importance = run_calibration(model, prompts, gen_length)
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
+    except (ValueError, OSError) as err:
         _fail(str(err))
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
     save_profile(output, model.config, importance, samples=len(prompts), gen_length=gen_length,
@@ -210,7 +210,7 @@ def demo(model_path: str | None, haystack_tokens: int, gen_length: int, steps: i
         with tempfile.TemporaryDirectory(prefix="maskkv-demo-") as tmp:
             run_demo(model_path, Path(tmp), haystack_tokens=haystack_tokens, gen_length=gen_length, steps=steps,
                      seed=seed, console=Console())
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         _fail(str(err))
 
 

@@ -30,24 +30,39 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded as it is; the message says what to do."""
 
 
-def resolve_checkpoint(path_or_hub_id: str | Path, allow_patterns: list[str] | None = None) -> Path:
-    """A local folder as is, or a hub id downloaded (only ``allow_patterns``) through huggingface_hub."""
+def _looks_like_hub_id(text: str) -> bool:
+    """Hub ids are exactly ``owner/name``; anything else is a local path."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text
+
+
+def resolve_checkpoint(
+    path_or_hub_id: str | Path, allow_patterns: list[str] | tuple[str, ...] | None = None, *, what: str = "checkpoint"
+) -> Path:
+    """A local folder as is, or a hub id downloaded (only ``allow_patterns``) through huggingface_hub.
+
+    Raises FileNotFoundError for a missing local folder and ConnectionError when the hub cannot serve
+    the id (offline, unknown or gated repository).
+    """
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
         return path
     if path.exists():
-        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds config.json")
+        raise CheckpointError(f"{path} is a file; pass the checkpoint folder that holds the {what} files")
     text = str(path_or_hub_id)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        raise CheckpointError(f"checkpoint folder {text} does not exist (and is not a hub id like 'GSAI-ML/LLaDA-8B-Instruct')")
+    if isinstance(path_or_hub_id, Path) or not _looks_like_hub_id(text):
+        raise FileNotFoundError(
+            f"{what} folder {text} does not exist; pass an existing checkpoint folder or a hub id like "
+            "'GSAI-ML/LLaDA-8B-Instruct'"
+        )
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, allow_patterns=allow_patterns or _HUB_PATTERNS))
+        return Path(snapshot_download(repo_id=text, allow_patterns=list(allow_patterns or _HUB_PATTERNS)))
     except Exception as err:  # offline, unknown repo, gated...
-        raise CheckpointError(
-            f"could not fetch {text!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
-            "Download the checkpoint elsewhere and pass its local folder instead."
+        raise ConnectionError(
+            f"could not fetch the {what} files of {text!r} from the Hugging Face hub ({type(err).__name__}: "
+            f"{err}); the hub could not be reached or the repository is not available, and no local folder "
+            f"named {text!r} exists: download it elsewhere and pass the local checkpoint folder instead"
         ) from err
 
 

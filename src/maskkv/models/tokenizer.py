@@ -23,7 +23,6 @@ Special tokens exposed on the returned tokenizer (in addition to bos/eos/pad):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -281,35 +280,11 @@ def _normalise_family(value: str, *, source: str) -> str:
     )
 
 
-def _looks_like_local_path(text: str) -> bool:
-    if text.startswith(("/", ".", "~")) or "\\" in text or os.path.isabs(text):
-        return True
-    return text.count("/") != 1  # hub ids are exactly "owner/name"
-
-
 def _resolve_folder(path_or_hub_id: str | Path) -> Path:
-    """Return a local folder holding the tokenizer files (downloading them for a hub id)."""
-    candidate = Path(path_or_hub_id).expanduser()
-    if candidate.is_dir():
-        return candidate
-    if candidate.exists():
-        raise ValueError(f"{candidate} is a file; pass the checkpoint folder that contains the tokenizer files")
-    text = str(path_or_hub_id)
-    if isinstance(path_or_hub_id, Path) or _looks_like_local_path(text):
-        raise FileNotFoundError(
-            f"tokenizer folder {text} does not exist; pass an existing checkpoint folder or a hub id"
-        )
-    try:
-        from huggingface_hub import snapshot_download
+    """Return a local folder holding the tokenizer files (downloading only those for a hub id)."""
+    from .loading import resolve_checkpoint
 
-        local = snapshot_download(repo_id=text, allow_patterns=list(HUB_TOKENIZER_FILES))
-    except Exception as exc:  # offline, unknown repo, gated repo, ...
-        raise ConnectionError(
-            f"could not download the tokenizer files of {text!r} from the Hugging Face Hub "
-            f"({type(exc).__name__}: {exc}); the hub could not be reached or the repository is not available, "
-            f"and no local folder named {text!r} exists: pass a local checkpoint folder instead"
-        ) from exc
-    return Path(local)
+    return resolve_checkpoint(path_or_hub_id, HUB_TOKENIZER_FILES, what="tokenizer")
 
 
 def _read_json(path: Path) -> Any:
