@@ -308,3 +308,38 @@ def test_bad_press_input():
 def test_repr_is_a_reproducible_constructor():
     press = MaskKVPress(budget=64, alpha=0.2)
     assert eval(repr(press), {"MaskKVPress": MaskKVPress}) == press
+
+
+def test_protected_tokens_and_group_reduction(model):
+    p, gen = 40, 8
+    x = torch.cat([_prompt(model, 1, p, seed=11), torch.full((1, gen), model.config.mask_token_id)], dim=1)
+    press = MaskKVPress(budget=6, protect_first=2, protect_last=3, group_reduce="max", layer_allocation="uniform",
+                        head_allocation="uniform")
+    denoiser = DLLMCache().bind(model, p, press=press)
+    denoiser.logits_at(x, None, torch.arange(p, p + gen))
+    for cache in denoiser.layers:
+        kept = cache.prompt_positions.long()
+        for required in (0, 1, p - 3, p - 2, p - 1):
+            assert bool((kept == required).any(-1).all()), required
+        assert cache.prompt_slots == 6
+
+
+def test_online_variant_is_announced_once(model, caplog):
+    import maskkv.presses.base as base
+
+    base._ONLINE_NOTICE_GIVEN = False
+    prompt = _prompt(model, 1, 30, seed=12)
+    with caplog.at_level("WARNING", logger="maskkv.presses.base"):
+        for _ in range(2):
+            maskkv.generate(model, prompt, gen_length=4, steps=4, press=MaskKVPress(budget=4))
+    notices = [r for r in caplog.records if "online variant" in r.getMessage()]
+    assert len(notices) == 1
+
+
+def test_press_with_threshold_decoding(model):
+    prompt = _prompt(model, 1, 30, seed=13)
+    options = {"remasking": "maskgit_plus"} if model.config.family == "dream" else {}
+    for cache in (None, DLLMCache()):
+        out = maskkv.generate(model, prompt, gen_length=8, steps=8, block_length=4, threshold=0.2, cache=cache,
+                              press=MaskKVPress(budget=5), **options)
+        assert not bool((out.sequences == model.config.mask_token_id).any())

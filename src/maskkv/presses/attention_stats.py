@@ -29,6 +29,7 @@ def attention_column_sums(
     *,
     query_weights: torch.Tensor | None = None,
     key_valid: torch.Tensor | None = None,
+    group_reduce: str = "sum",
     max_elements: int = _MAX_ELEMENTS,
 ) -> torch.Tensor:
     """``sum_i w_i * A[i, j]`` per KV head, summed over each KV head's query group.
@@ -38,6 +39,7 @@ def attention_column_sums(
         keys: ``[B, Hkv, L, hd]`` post-RoPE keys of the whole layer.
         query_weights: ``[B, R]`` weight of each voting row (0 drops it), or None for all ones.
         key_valid: ``[B, L]`` bool, False for pad keys.
+        group_reduce: how a KV head's query group is reduced: ``sum`` (MaskKV D5 a) or ``max`` (D5 b).
 
     Returns:
         ``[B, Hkv, L]`` fp32 column sums (Mask-Voting Eq. 7 before restricting to prompt columns).
@@ -55,5 +57,6 @@ def attention_column_sums(
         if query_weights is not None:
             probs = probs * query_weights[:, None, :, None].float()
         sums = probs.sum(dim=2)  # [B, h_chunk, L]
-        out[:, start:stop] = sums.view(b, stop - start, group, length).sum(dim=2)
+        grouped = sums.view(b, stop - start, group, length)
+        out[:, start:stop] = grouped.sum(dim=2) if group_reduce == "sum" else grouped.amax(dim=2)
     return out

@@ -55,6 +55,7 @@ class LayerContext:
     hidden_mid: torch.Tensor | None = None
     window: int = 0  # protected/observation window chosen by the allocator for this layer
     layer_budget: int = 0
+    group_reduce: str = "sum"
     _votes: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -71,7 +72,10 @@ class LayerContext:
             return self._votes
         p = self.prompt_length
         weights = (self.voter_rows if rows is None else rows).float()
-        votes = attention_column_sums(self.queries[:, :, p:], self.keys, query_weights=weights, key_valid=self.key_valid)
+        votes = attention_column_sums(
+            self.queries[:, :, p:], self.keys, query_weights=weights, key_valid=self.key_valid,
+            group_reduce=self.group_reduce,
+        )  # fmt: skip
         if rows is None:
             self._votes = votes
         return votes
@@ -117,6 +121,9 @@ class Press:
     window: int = 32  # pyramid/squeeze/adakv window accounting and SnapKV observation window
     rounding: str = "exact"  # boundary/preference: "exact" sums (D2 b) or the paper's "floor"
     min_head_budget: int = 0
+    protect_first: int = 0  # D4: always keep the first N real prompt tokens (inside the budget)
+    protect_last: int = 0  # D4: always keep the last N prompt tokens (e.g. the question)
+    group_reduce: str = "sum"  # D5: reduce a KV head's query group by "sum" (a) or "max" (b)
     prompt_refresh: str = "keep"
     name: ClassVar[str] = "press"
 
@@ -128,6 +135,7 @@ class Press:
             ("head_allocation", HEAD_ALLOCATIONS),
             ("prompt_refresh", PROMPT_REFRESH),
             ("rounding", ("exact", "floor")),
+            ("group_reduce", ("sum", "max")),
         ):
             if getattr(self, field_name) not in allowed:
                 raise ValueError(
@@ -137,8 +145,9 @@ class Press:
             value = getattr(self, field_name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{type(self).__name__}: {field_name}={value} must lie in [0, 1]")
-        if self.window < 0:
-            raise ValueError(f"{type(self).__name__}: window={self.window} must be >= 0")
+        for field_name in ("window", "protect_first", "protect_last", "min_head_budget"):
+            if getattr(self, field_name) < 0:
+                raise ValueError(f"{type(self).__name__}: {field_name}={getattr(self, field_name)} must be >= 0")
 
     # ----- the one override point ---------------------------------------------------------
 
@@ -251,6 +260,15 @@ class PressPlan:
 
     # ----- selection -----------------------------------------------------------------------
 
+    def _protected(self, device: torch.device) -> torch.Tensor:
+        """``[B, P]`` True at the first ``protect_first`` real and the last ``protect_last`` prompt tokens (D4)."""
+        p = self.prompt_length
+        position = torch.arange(p, device=device)
+        first_real = (p - self.real_lengths.to(device))[:, None]
+        first = position < first_real + self.press.protect_first
+        last = position >= p - self.press.protect_last
+        return (first & (position >= first_real)) | last
+
     def _prompt_token_mask(self, ctx: LayerContext) -> torch.Tensor:
         length = ctx.hidden_in.shape[1]
         mask = torch.zeros(ctx.hidden_in.shape[0], length, dtype=torch.bool, device=ctx.hidden_in.device)
@@ -263,7 +281,10 @@ class PressPlan:
         unit = int(layer_budget.max())
         ctx.layer_budget = unit
         ctx.window = B.effective_window(unit, press.window) if press.uses_window() and unit > 0 else 0
+        ctx.group_reduce = press.group_reduce
         scores = press.score(ctx).float()  # [B, Hkv, P]
+        if press.protect_first or press.protect_last:
+            scores = scores.masked_fill(self._protected(scores.device)[:, None, :], float("inf"))
         if self.prompt_valid is not None:
             scores = scores.masked_fill(~self.prompt_valid[:, None, :], float("-inf"))
         cap = self.real_lengths
