@@ -243,3 +243,26 @@ def test_bad_policy_values():
         DLLMCache(prompt_interval=0)
     with pytest.raises(ValueError, match="transfer_ratio"):
         DLLMCache(transfer_ratio=1.5)
+
+
+@pytest.mark.parametrize(
+    "tp,tr,ratio",
+    [(50, 5, 0.25), (3, 2, 0.5), (2, 3, 0.0), (4, 4, 0.25), (-1, 3, 0.25), (5, -1, 0.0)],
+)
+def test_llada_cache_matches_the_dllm_cache_reference_step_by_step(tmp_path_factory, tp, tr, ratio):
+    """Our explicit-state engine against a literal transcription of dLLM-Cache's hooks (LLaDA)."""
+    from reference_dllm_cache import ReferenceDLLMCache
+
+    from maskkv.sampling.generate import generate as sample
+
+    path = tmp_path_factory.mktemp("parity")
+    write_tiny_checkpoint(path, "llada", num_layers=3, hidden_size=64, num_heads=4, seed=23)
+    model = load_model(path)
+    prompt = _prompt(model, 1, 14, seed=tp * 7 + tr)
+    policy = DLLMCache(prompt_interval=tp, response_interval=tr, transfer_ratio=ratio)
+    ours = Recorder(policy.bind(model, 14))
+    sample(ours, prompt, gen_length=16, steps=16, block_length=8)
+    reference = ReferenceDLLMCache(model, 14, tp, tr, ratio)
+    for x, _, positions, logits in ours.calls:
+        expected = reference.logits(x)[:, positions]
+        torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
