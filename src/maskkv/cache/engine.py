@@ -104,7 +104,8 @@ class CachedDenoiser:
             self._partial_pass(input_ids, refresh_prompt, refresh_response, record)
         self.passes.append(record)
         self.stats.observe(self.layers, self._last_prompt_hidden)
-        self.stats.observe_prompt_pairs(self.layers, self.prompt_length, self._prompt_valid)
+        if refresh_prompt:  # the kept prompt sets change only here; counting them syncs a GPU
+            self.stats.observe_prompt_pairs(self.layers, self.prompt_length, self._prompt_valid)
         return self._project(positions, record)
 
     @property
