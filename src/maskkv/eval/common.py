@@ -423,7 +423,7 @@ class GenerationConfig:
         """
         if gen_length < 1:
             raise EvalError(f"gen_length={gen_length} must be >= 1")
-        block = min(self.block_length, gen_length) if gen_length < self.block_length else self.block_length
+        block = min(self.block_length, gen_length)
         length = -(-gen_length // block) * block
         steps = length if self.steps is None else self.steps
         blocks = length // block
@@ -528,12 +528,18 @@ def decode_generated(tokenizer: Any, ids: Sequence[int], *, eos_cut: bool) -> st
 
 @dataclass
 class Generated:
+    """A decoded answer and its costs; :meth:`fields` are the deterministic-plus-timing row fields."""
+
     text: str
     nfe: int
     seconds: float
     gen_length: int
-    cache_total_bytes: int | None
+    cache_peak_bytes: int | None
     kept_fraction: float | None
+
+    def fields(self) -> dict[str, Any]:
+        return {"gen_length": self.gen_length, "nfe": self.nfe, "kept_fraction": self.kept_fraction,
+                "cache_peak_bytes": self.cache_peak_bytes, "gen_seconds": round(self.seconds, 4)}
 
 
 def generate_text(handle: ModelHandle, gen: GenerationConfig, ids: torch.Tensor, gen_length: int,
@@ -552,12 +558,12 @@ def generate_text(handle: ModelHandle, gen: GenerationConfig, ids: torch.Tensor,
                    block_length=block, temperature=gen.temperature, remasking=gen.remasking,
                    cache=gen.make_cache(), press=gen.make_press())
     text = decode_generated(handle.tokenizer, out.sequences[0, ids.shape[1]:].tolist(), eos_cut=gen.eos_cut)
-    total = kept = None
+    peak = kept = None
     if out.cache_bytes is not None:
-        total = int(out.cache_bytes.get("total", 0))
-        if "prompt_pairs" in out.cache_bytes and out.cache_bytes["prompt_pairs"]:
+        peak = int(out.cache_bytes.get("peak", out.cache_bytes.get("total", 0)))
+        if out.cache_bytes.get("prompt_pairs"):
             kept = out.cache_bytes.get("kept_prompt_pairs", 0) / out.cache_bytes["prompt_pairs"]
-    return Generated(text=text, nfe=out.nfe, seconds=out.seconds, gen_length=length, cache_total_bytes=total,
+    return Generated(text=text, nfe=out.nfe, seconds=out.seconds, gen_length=length, cache_peak_bytes=peak,
                      kept_fraction=kept)
 
 
@@ -607,6 +613,10 @@ class RunContext:
 def prepare_run_dir(ctx: RunContext, *, overwrite: bool) -> None:
     """Create the run folder, write ``run_config.json`` once and refuse a different configuration (6.3 step 1)."""
     config_path = ctx.run_dir / "run_config.json"
+    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if overwrite and ctx.dist.distributed and not grouped:
+        raise EvalError("--overwrite in a multi-process run needs torchrun/accelerate (a gloo barrier); "
+                        "clear the run in a single process first")
     if overwrite and ctx.dist.is_main and ctx.run_dir.exists():
         for name in ("pred", "run_config.json", "result.json", "result.csv", "result_e.json"):
             target = ctx.run_dir / name
@@ -615,9 +625,6 @@ def prepare_run_dir(ctx: RunContext, *, overwrite: bool) -> None:
             elif target.exists():
                 target.unlink()
     if overwrite and ctx.dist.distributed:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise EvalError("--overwrite in a multi-process run needs torchrun/accelerate (a gloo barrier); "
-                            "clear the run in a single process first")
         barrier()
     if config_path.exists():
         stored = json.loads(config_path.read_text(encoding="utf-8"))
