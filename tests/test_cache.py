@@ -7,6 +7,7 @@ import torch
 
 import maskkv
 from maskkv.cache import DLLMCache
+from maskkv.presses import MaskKVPress
 from maskkv.models import load_model
 from maskkv.models.tiny import write_tiny_checkpoint
 
@@ -266,3 +267,16 @@ def test_llada_cache_matches_the_dllm_cache_reference_step_by_step(tmp_path_fact
     for x, _, positions, logits in ours.calls:
         expected = reference.logits(x)[:, positions]
         torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_sampling_with_temperature_through_the_cache(model):
+    """At T > 0 a cache draws noise only for the rows it predicts; seeded runs reproduce."""
+    prompt = _prompt(model, 1, 10, seed=31)
+    options = {} if model.config.family == "llada" else {"remasking": "entropy"}
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        runs.append(maskkv.generate(model, prompt, gen_length=8, steps=8, temperature=0.7, cache=DLLMCache(),
+                                    press=MaskKVPress(budget=4), **options).sequences)
+    assert torch.equal(runs[0], runs[1])
+    assert not bool((runs[0] == model.config.mask_token_id).any())

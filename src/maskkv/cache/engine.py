@@ -47,6 +47,8 @@ class PassRecord:
 class CachedDenoiser:
     """Per-request cached forward (see the module docstring). Built by :meth:`DLLMCache.bind`."""
 
+    full_logits = False  # predicts response positions only (samplers draw noise per requested row)
+
     def __init__(
         self,
         model: DiffusionTransformer,

@@ -217,19 +217,22 @@ def _generate_llada(
     columns = torch.arange(length, device=x.device)
     nfe = 0
     steps_run = 0
+    # The reference draws T > 0 Gumbel noise of shape [B, L, V]; replaying it needs logits for every
+    # position. Caches predict response rows only (``full_logits = False``): their noise is drawn for
+    # the requested rows, the same distribution but not the reference's random stream.
+    replay_noise = temperature > 0 and getattr(model, "full_logits", True)
 
     def step(x: torch.Tensor, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One proposal over the canvas: (x0 [B, L], confidence [B, L]); confidence None when skipped."""
         nonlocal nfe
         if not bool(eligible.any()):
             # Nothing to predict (s_b > n after the block is done): skip the forward, keep the reference's draws.
-            if temperature > 0:
+            if replay_noise:
                 torch.rand((batch, length, config.vocab_size), dtype=torch.float64, device=x.device)
             if remasking == "random":
                 torch.rand((batch, length), device=x.device)
             return x, None
-        # T > 0: the reference's Gumbel draw has the full [B, L, V] shape, so ask for every position.
-        positions = columns if temperature > 0 else _masked_columns(eligible)
+        positions = columns if replay_noise else _masked_columns(eligible)
         logits = _llada_logits(model, x, plan.attention_mask, positions, prompt_length, cfg_scale)
         nfe += 1
         x0_c, confidence_c = llada_propose(
