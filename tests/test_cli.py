@@ -61,7 +61,8 @@ def test_generate_missing_model_folder(tmp_path):
 
 
 def test_demo_runs_on_a_random_checkpoint_and_says_so():
-    result = CliRunner().invoke(main, ["demo", "--haystack-tokens", "128", "--gen-length", "8", "--steps", "8"])
+    result = CliRunner().invoke(main, ["demo", "--model", "random", "--haystack-tokens", "128", "--gen-length", "8",
+                                       "--budget", "4"])
     assert result.exit_code == 0, result.output
     assert "RANDOM" in result.output
-    assert "no cache" in result.output and "dLLM-Cache" in result.output
+    assert "full cache" in result.output and "MaskKV" in result.output

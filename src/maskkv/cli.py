@@ -197,19 +197,23 @@ def calibrate(model_path: str, data_path: Path, samples: int, gen_length: int, m
 
 @main.command()
 @click.option("--model", "model_path", default=None,
-              help="Checkpoint folder or hub id (default: a small random LLaDA checkpoint made on the fly).")
-@click.option("--haystack-tokens", type=int, default=512, show_default=True, help="Approximate prompt length.")
-@click.option("--gen-length", type=int, default=16, show_default=True)
-@click.option("--steps", type=int, default=16, show_default=True)
+              help="Checkpoint folder or hub id (default: the shipped tiny model; 'random': a random checkpoint).")
+@click.option("--haystack-tokens", type=int, default=None, help="Prompt length (default: the demo's 1536).")
+@click.option("--gen-length", type=int, default=None, help="Tokens to generate (default: the model's answer length).")
+@click.option("--steps", type=int, default=None, help="Denoising steps (default: the generation length).")
+@click.option("--budget", type=int, default=None, help="MaskKV budget: prompt K/V pairs kept per KV head per layer.")
+@click.option("--task", default="single", show_default=True, help="Task of the haystack: single or multikey.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(model_path: str | None, haystack_tokens: int, gen_length: int, steps: int, seed: int) -> None:
-    """Answer a needle-in-a-haystack prompt and report the answer, its correctness and the speed."""
+def demo(model_path: str | None, haystack_tokens: int | None, gen_length: int | None, steps: int | None,
+         budget: int | None, task: str, seed: int) -> None:
+    """Answer a needle-in-a-haystack prompt with the full cache and with MaskKV; report correctness and speed."""
     from .demo import run_demo
 
+    options = {k: v for k, v in (("haystack_tokens", haystack_tokens), ("gen_length", gen_length),
+                                 ("steps", steps), ("budget", budget)) if v is not None}
     try:
         with tempfile.TemporaryDirectory(prefix="maskkv-demo-") as tmp:
-            run_demo(model_path, Path(tmp), haystack_tokens=haystack_tokens, gen_length=gen_length, steps=steps,
-                     seed=seed, console=Console())
+            run_demo(model_path, Path(tmp), task=task, seed=seed, console=Console(), **options)
     except (ValueError, OSError) as err:
         _fail(str(err))
 

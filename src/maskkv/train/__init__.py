@@ -1,0 +1,1 @@
+"""Training of the small LLaDA-architecture model shipped with maskkv (``maskkv train-tiny``)."""

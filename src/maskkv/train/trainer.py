@@ -1,0 +1,435 @@
+"""Training loop of the tiny LLaDA model: the LLaDA SFT objective on generated retrieval tasks.
+
+Objective (LLaDA's SFT guidelines): the prompt stays clean; every answer token (the answer, its
+``<|eot_id|>`` and the ``<|endoftext|>`` padding up to :data:`~maskkv.train.data.ANSWER_TOKENS`) is
+masked independently with probability ``t ~ U(t_min, 1)``, and the loss is the cross-entropy on
+the masked answer tokens weighted by ``1/t``, summed per sample, divided by the sample's answer
+length, averaged over the batch. LLaDA draws ``t ~ U(eps, 1)`` with ``eps = 1e-3``; we clamp
+``t >= 0.1`` (``t_min``), because at this size the ``1/t`` weight of tiny ``t`` made the loss very
+noisy (``tiny_model_notes.md``).
+
+Everything is seeded: the samples of step ``s`` come from ``Random(seed, s)`` and the masks from a
+torch generator seeded the same way, so a resumed run continues exactly as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ..models.config import ModelConfig
+from ..models.llada import checkpoint_keys, config_from_dict
+from ..models.tiny import (
+    TinyTokenizerInfo,
+    _write_json,
+    _write_llada_tokenizer,
+    tiny_config_dict,
+)
+from ..models.transformer import DiffusionTransformer
+from .data import (
+    ANSWER_TOKENS,
+    HEADER,
+    KEYS,
+    TASKS,
+    VAR_NAMES,
+    EssayFiller,
+    SyntheticFiller,
+    TaskBuilder,
+)
+from .tokenizer import build_tokenizer, digit_strings
+
+__all__ = ["Stage", "TrainConfig", "build_model", "encode_chat", "export_checkpoint", "train"]
+
+CHAT_PREFIX = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
+CHAT_SUFFIX = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+@dataclass
+class Stage:
+    """A curriculum stage: prompts of ``min_tokens..max_tokens`` tokens, ``steps`` steps of ``batch`` samples."""
+
+    max_tokens: int
+    steps: int
+    batch: int
+    min_tokens: int | None = None  # default: max_tokens // 2
+    tasks: dict[str, float] | None = None  # task weights of this stage (default: TrainConfig.task_weights)
+    synthetic: float | None = None  # share of built-in-grammar filler (default: TrainConfig.synthetic_share)
+
+    @property
+    def low(self) -> int:
+        return self.min_tokens if self.min_tokens is not None else self.max_tokens // 2
+
+
+def default_stages() -> list[Stage]:
+    """The curriculum of the shipped model: learn the lookups short, then lengthen the context."""
+    return [
+        # The gateway: copy the one needle's value, over the easy built-in filler.
+        Stage(128, 1000, 32, 64, tasks={"single": 1.0}, synthetic=1.0),
+        Stage(128, 4000, 32, 64),
+        Stage(384, 1000, 16, 128),
+        Stage(768, 600, 8, 384),
+        Stage(1536, 400, 8, 768),
+        Stage(2304, 250, 4, 1536),
+    ]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a run (saved beside the checkpoints)."""
+
+    out_dir: str
+    seed: int = 0
+    num_layers: int = 2
+    hidden_size: int = 64
+    num_heads: int = 4
+    intermediate_size: int = 128
+    number_init: bool = False  # shared init direction for digit-group embeddings (see build_model)
+    tie_embeddings: bool = True  # LLaDA's weight_tying: copying a context token is far easier to learn tied
+    vocab_size: int = 3000  # regular BPE tokens (the embedding adds the specials, rounded up to 64)
+    stages: list[Stage] = field(default_factory=default_stages)
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    t_min: float = 0.1
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: {"passkey": 0.15, "single": 0.3, "multikey": 0.3, "multivalue": 0.1, "vt": 0.15}
+    )
+    filler: str = "essays"  # essays | synthetic
+    synthetic_share: float = 0.3
+    checkpoint_every: int = 200
+    eval_every: int = 300
+    threads: int = 1
+    max_minutes: float | None = None  # wall-clock deadline of this invocation (checkpoint + stop)
+    bf16: bool = False  # CPU autocast to bfloat16
+    stop_at_step: int | None = None  # stop (checkpoint + export) at this step, e.g. to reproduce a cut run
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> TrainConfig:
+        raw = dict(raw)
+        raw["stages"] = [Stage(**s) for s in raw["stages"]]
+        return cls(**raw)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# tokenizer, model
+
+
+def tokenizer_corpus(filler) -> list[str]:
+    """Text the BPE is trained on: filler sentences plus the task vocabulary (keys, names, templates)."""
+    rng = random.Random(0)
+    texts = list(getattr(filler, "sentences", [])) or [filler.sentence(rng) for _ in range(20000)]
+    synth = SyntheticFiller()
+    texts += [synth.sentence(rng) for _ in range(3000)]
+    for _ in range(30):
+        texts.append(HEADER)
+        texts += [f"One of the special magic numbers for {k} is: 123. What are all the special magic numbers for {k}"
+                  f" mentioned in the provided text?" for k in KEYS]
+        texts += [f"VAR {n} = VAR {n}. Which variables are assigned the value 123? List them in order. {n} {n}"
+                  for n in VAR_NAMES]
+        texts.append("The pass key is 12345. Remember it. 12345 is the pass key. What is the pass key?")
+    return texts
+
+
+def make_filler(kind: str, split: str):
+    if kind == "essays":
+        return EssayFiller(split)
+    if kind == "synthetic":
+        return SyntheticFiller(split)
+    raise ValueError(f"filler must be 'essays' or 'synthetic', got {kind!r}")
+
+
+def llada_config_dict(cfg: TrainConfig, info: TinyTokenizerInfo) -> dict[str, Any]:
+    """The published LLaDA ``config.json`` with our shapes and our tokenizer's sizes and ids."""
+    raw = tiny_config_dict("llada", num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
+                           intermediate_size=cfg.intermediate_size, max_position_embeddings=4096)
+    ids = info.special_ids
+    raw.update(weight_tying=cfg.tie_embeddings, vocab_size=info.vocab_size, embedding_size=info.vocab_size, eos_token_id=ids["<|endoftext|>"],
+               pad_token_id=ids["<|endoftext|>"], mask_token_id=ids["<|mdm_mask|>"])
+    return raw
+
+
+def build_model(model_config: ModelConfig, seed: int, number_ids: list[int] | None = None) -> DiffusionTransformer:
+    """A freshly initialised model: N(0, 0.02), output projections scaled by 1/sqrt(2 * layers).
+
+    ``number_ids`` (the digit-group tokens) get a shared random direction (3 x N(0, 0.02)) added to
+    their embeddings, so attention can find "a number" before each number's own embedding is learned
+    (a probe: it sped up learning the single needle with a large value class).
+    """
+    torch.manual_seed(seed)
+    model = DiffusionTransformer(model_config)
+    out_std = 0.02 / math.sqrt(2 * model_config.num_layers)
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+            torch.nn.init.normal_(p, 0.0, std)
+        else:
+            torch.nn.init.ones_(p)
+    if number_ids:
+        shared = torch.randn(model_config.hidden_size) * 0.02
+        with torch.no_grad():
+            model.embed_tokens.weight[number_ids] += 3 * shared
+    return model
+
+
+def encode_chat(tokenizer, content: str) -> list[int]:
+    """Ids of ``content`` as one user turn in LLaDA's chat template (with the assistant header)."""
+    return tokenizer.encode(CHAT_PREFIX + content.strip() + CHAT_SUFFIX, add_special_tokens=False).ids
+
+
+def answer_ids(tokenizer, info: TinyTokenizerInfo, answer: str, length: int = ANSWER_TOKENS) -> list[int]:
+    """The answer region: answer tokens, ``<|eot_id|>``, then ``<|endoftext|>`` up to ``length``."""
+    ids = tokenizer.encode(answer, add_special_tokens=False).ids + [info.special_ids["<|eot_id|>"]]
+    if len(ids) > length:
+        raise ValueError(f"answer {answer!r} needs {len(ids)} tokens > answer region {length}")
+    return ids + [info.special_ids["<|endoftext|>"]] * (length - len(ids))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# batches and loss
+
+
+def step_rng(seed: int, step: int) -> random.Random:
+    return random.Random(seed * 1_000_003 + step)
+
+
+def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, stage: Stage, step: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Left-padded ``prompt | answer`` ids, their attention mask, the answer ids ``[B, A]`` and the tasks."""
+    rng = step_rng(cfg.seed, step)
+    target = rng.randint(stage.low, stage.max_tokens)
+    tasks, weights = zip(*(stage.tasks or cfg.task_weights).items())
+    rows, answers, names = [], [], []
+    for _ in range(stage.batch):
+        task = rng.choices(tasks, weights)[0]
+        sample = builder.sample(task, target, rng)
+        ans = answer_ids(builder.tokenizer, info, sample.answer)
+        rows.append(encode_chat(builder.tokenizer, sample.content) + ans)
+        answers.append(ans)
+        names.append(task)
+    width = max(len(r) for r in rows)
+    pad = info.special_ids["<|endoftext|>"]
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    return ids, mask, torch.tensor(answers), names
+
+
+def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.Tensor, answers: torch.Tensor,
+                   t_min: float, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """LLaDA SFT loss on the answer region (the last ``A`` columns of ``ids``); returns (loss, stats)."""
+    b, a = answers.shape
+    t = t_min + (1 - t_min) * torch.rand(b, 1, generator=generator)
+    masked = torch.rand(b, a, generator=generator) < t
+    none = ~masked.any(1)
+    if none.any():  # at least one masked token per sample (else that sample has no loss at all)
+        masked[none, torch.randint(0, a, (int(none.sum()),), generator=generator)] = True
+    noisy = ids.clone()
+    noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
+    attention = None if bool(mask.all()) else mask
+    hidden = model.hidden_states(noisy, attention)
+    logits = model.project(hidden[:, -a:]).float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), answers.reshape(-1), reduction="none").view(b, a)
+    loss = ((ce / t) * masked).sum() / (a * b)  # per sample / answer length (A), mean over the batch
+    with torch.no_grad():
+        hits = (logits.argmax(-1) == answers) & masked
+        acc = hits.sum().item() / max(masked.sum().item(), 1)
+        plain = ((ce * masked).sum() / masked.sum().clamp(min=1)).item()
+    return loss, {"acc": acc, "ce": plain}
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.total_steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def stage_at(cfg: TrainConfig, step: int) -> tuple[int, Stage]:
+    acc = 0
+    for i, s in enumerate(cfg.stages):
+        acc += s.steps
+        if step < acc:
+            return i, s
+    return len(cfg.stages) - 1, cfg.stages[-1]
+
+
+@torch.no_grad()
+def quick_eval(model: DiffusionTransformer, builder: TaskBuilder, info: TinyTokenizerInfo, tokens: int,
+               per_task: int = 16, seed: int = 99) -> dict[str, float]:
+    """Whole-answer accuracy with every answer token masked and read in one pass (an early signal)."""
+    model.eval()
+    out = {}
+    for task in TASKS:
+        rng = random.Random(seed)
+        right = 0
+        for _ in range(per_task):
+            sample = builder.sample(task, tokens, rng)
+            ans = torch.tensor([answer_ids(builder.tokenizer, info, sample.answer)])
+            ids = torch.tensor([encode_chat(builder.tokenizer, sample.content) + [model.config.mask_token_id]
+                                * ans.shape[1]])
+            pred = model.project(model.hidden_states(ids)[:, -ans.shape[1]:]).argmax(-1)
+            right += int(torch.equal(pred, ans))
+        out[task] = right / per_task
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_checkpoint(model: DiffusionTransformer, info: TinyTokenizerInfo, raw_config: dict[str, Any],
+                      folder: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the model in the published LLaDA layout (config.json, model.safetensors, tokenizer files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ours = model.state_dict()
+    tensors = {theirs: ours[name].detach().to(dtype).contiguous()
+               for theirs, name in checkpoint_keys(model.config).items()}
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    _write_json(folder / "config.json", raw_config)
+    _write_llada_tokenizer(folder, info)
+    return folder
+
+
+def _log(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
+    """Train (or resume) the run in ``cfg.out_dir``; returns the exported model folder ``out_dir/model``.
+
+    ``out_dir/state.pt`` holds the model, the optimiser and the step; ``out_dir/train_config.json``
+    the configuration (a resumed run must use the same one); ``out_dir/log.jsonl`` one row per log
+    interval. The export is written when the last step is done.
+    """
+    from tqdm import tqdm
+
+    start_time = time.time()
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / "train_config.json"
+    saved = cfg.to_json()
+    if cfg_path.exists():
+        previous = json.loads(cfg_path.read_text())
+        for volatile in ("max_minutes", "threads", "stop_at_step"):
+            previous.pop(volatile, None)
+            saved.pop(volatile, None)
+        if previous != saved:
+            raise ValueError(f"{out} holds a run with another configuration; use a new --out folder")
+    else:
+        cfg_path.write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+
+    filler = make_filler(cfg.filler, "train")
+    tok_path = out / "tokenizer.json"
+    if tok_path.exists():
+        meta = json.loads((out / "tokenizer_meta.json").read_text())
+        info = TinyTokenizerInfo("llada", tok_path.read_text(), meta["num_regular"])
+    else:
+        info = build_tokenizer(tokenizer_corpus(filler), vocab_size=cfg.vocab_size)
+        tok_path.write_text(info.tokenizer_json)
+        (out / "tokenizer_meta.json").write_text(json.dumps({"num_regular": info.num_regular}) + "\n")
+    tokenizer = info.backend()
+    raw_config = llada_config_dict(cfg, info)
+    model_config = config_from_dict(raw_config)
+    number_ids = [tokenizer.token_to_id(s) for s in digit_strings()] if cfg.number_init else None
+    model = build_model(model_config, cfg.seed, number_ids)
+    decay = [p for p in model.parameters() if p.dim() == 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    step, elapsed_before = 0, 0.0
+    state_path = out / "state.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+    builder = TaskBuilder(tokenizer, filler, synthetic_share=cfg.synthetic_share)
+    total = cfg.total_steps
+    deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes else None
+
+    def save() -> None:
+        _atomic_save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
+                      "elapsed": elapsed_before + time.time() - start_time}, state_path)
+
+    bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    ema: dict[str, float] = {}
+    model.train()
+    stopped = False
+    while step < total and (cfg.stop_at_step is None or step < cfg.stop_at_step):
+        index, stage = stage_at(cfg, step)
+        builder.synthetic_share = cfg.synthetic_share if stage.synthetic is None else stage.synthetic
+        ids, mask, answers, _ = make_batch(builder, info, cfg, stage, step)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        for group in optim.param_groups:
+            group["lr"] = lr_at(cfg, step)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss, stats = diffusion_loss(model, ids, mask, answers, cfg.t_min, gen)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        optim.step()
+        step += 1
+        for k, v in (("loss", loss.item()), ("acc", stats["acc"]), ("ce", stats["ce"])):
+            ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
+        bar.update(1)
+        bar.set_postfix(stage=index, len=ids.shape[1], loss=f"{ema['loss']:.3f}", acc=f"{ema['acc']:.3f}",
+                        refresh=False)
+        if step % 25 == 0 or step == total:
+            _log(out / "log.jsonl", {"step": step, "stage": index, "tokens": ids.shape[1], "loss": ema["loss"],
+                                     "acc": ema["acc"], "ce": ema["ce"], "gnorm": gnorm, "lr": lr_at(cfg, step - 1),
+                                     "elapsed": elapsed_before + time.time() - start_time})
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+            quick = quick_eval(model, builder, info, min(stage.max_tokens, 1024))
+            _log(out / "log.jsonl", {"step": step, "quick_eval_tokens": min(stage.max_tokens, 1024), **quick})
+            bar.write(f"step {step}: one-pass accuracy at {min(stage.max_tokens, 1024)} tokens "
+                      + " ".join(f"{k} {v:.2f}" for k, v in quick.items()))
+        if step % cfg.checkpoint_every == 0 or step == total:
+            save()
+        if cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < total:
+            save()
+            stopped = True
+            bar.write(f"stopped at step {step}/{total} (--stop-at-step)")
+            break
+        if deadline is not None and time.time() > deadline and step < total:
+            save()
+            stopped = True
+            bar.write(f"deadline reached at step {step}/{total}: checkpoint saved; rerun the same command to resume")
+            break
+    bar.close()
+    folder = out / "model"
+    export_checkpoint(model, info, raw_config, folder)
+    elapsed = elapsed_before + time.time() - start_time
+    (out / "summary.json").write_text(json.dumps({"step": step, "total_steps": total, "finished": not stopped,
+                                                  "elapsed_s": elapsed}, indent=2) + "\n")
+    return folder
