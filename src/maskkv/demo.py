@@ -18,13 +18,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["CLI_DEFAULTS", "DEMO_BUDGET", "DEMO_TOKENS", "run_demo", "shipped_model_path"]
+__all__ = ["DEMO_BUDGET", "DEMO_TOKENS", "run_demo", "shipped_model_path"]
 
 DEMO_TOKENS = 1536  # prompt length of the default demo
 DEMO_BUDGET = 32  # MaskKV: prompt K/V pairs kept per KV head per layer (about 2% of the prompt)
-# The defaults `maskkv demo` passes for --haystack-tokens, --gen-length, --steps; for the shipped
-# model they mean "not given" and are replaced by the model's own settings (its answer region is 8).
-CLI_DEFAULTS = (512, 16, 16)
 
 
 def shipped_model_path() -> Path:
@@ -72,8 +69,6 @@ def run_demo(
     from .train.evaluate import prompt_ids
 
     shipped = model_path is None
-    if shipped and (haystack_tokens, gen_length, steps) == CLI_DEFAULTS:
-        haystack_tokens = gen_length = steps = None
     haystack_tokens = haystack_tokens or DEMO_TOKENS
     gen_length = gen_length or ANSWER_TOKENS
     steps = steps or gen_length
