@@ -192,11 +192,6 @@ class PressPlan:
         if self.active:
             self.layer_budgets = self._static_layer_budgets()
 
-    @property
-    def online(self) -> bool:
-        """Whether layer budgets need every layer's statistics first (full K/V kept through the pass)."""
-        return self.active and self.layer_budgets is None
-
     def _static_layer_budgets(self) -> torch.Tensor | None:
         press, layers = self.press, self.config.num_layers
         if press.layer_allocation == "uniform":
