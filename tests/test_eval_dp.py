@@ -19,12 +19,7 @@ from maskkv.eval.common import DistInfo, read_rows, strip_volatile
 from maskkv.models.tiny import write_tiny_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from maskkv.cli import main
@@ -19,13 +18,7 @@ from maskkv.models.tiny import write_tiny_checkpoint
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "longbench"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Single-threaded torch: identical numerics in this process and in the subprocess runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
