@@ -24,7 +24,8 @@ ROW_FIELDS = (
     "decode_step_mean_s", "decode_step_median_s", "nfe", "sampler_overhead_s", "seconds_per_repeat",
     "pass_seconds", "cache_bytes", "cache_bytes_analytic", "cache_bytes_match", "prompt_kv_logical_bytes",
     "prompt_kv_padding_bytes", "peak_memory_bytes", "model_memory_bytes", "runtime_memory_bytes",
-    "peak_increment_bytes", "memory_measure", "cpu_seconds", "threads", "cpu_utilisation", "attempts", "contended",
+    "peak_increment_bytes", "tensor_peak_bytes", "memory_measure", "cpu_seconds", "threads", "cpu_utilisation",
+    "attempts", "contended",
     "loadavg_1m", "error",
 )  # fmt: skip
 CONFIG_FIELDS = ("system", "prompt_length", "gen_length", "steps", "block_length", "budget", "batch", "arch",
@@ -63,6 +64,7 @@ def test_quick_json_has_every_field(quick):
         assert set(CONFIG_FIELDS) <= set(row["config"])
         assert row["tokens_per_s"] > 0 and row["first_pass_s"] > 0 and row["decode_step_mean_s"] > 0
         assert row["peak_memory_bytes"] >= row["model_memory_bytes"] > 0  # fresh process per configuration
+        assert row["tensor_peak_bytes"] == row["peak_memory_bytes"] - row["runtime_memory_bytes"] > 0
         cached = SYSTEMS[row["config"]["system"]].cache is not None
         assert (row["cache_bytes"] is not None) == cached
         if cached:

@@ -202,3 +202,16 @@ def test_public_api_exports():
     assert maskkv.load_model is load_model
     assert callable(maskkv.load_tokenizer)
     assert callable(maskkv.generate)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 11, 12, 40])
+def test_lm_head_logits_equals_linear_for_every_row_count(rows):
+    from maskkv.models.transformer import lm_head_logits
+
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(1000, 32, generator=gen)
+    x = torch.randn(1, rows, 32, generator=gen)
+    got = lm_head_logits(x, weight)
+    assert got.shape == (1, rows, 1000) and got.is_contiguous()
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, weight), rtol=0, atol=1e-5)
+    assert lm_head_logits(x[:, :0], weight).shape == (1, 0, 1000)

@@ -313,6 +313,8 @@ def measure(config: BenchConfig, model: Any | None = None) -> dict[str, Any]:
         "model_memory_bytes": baseline,
         "runtime_memory_bytes": None if cuda or shared_model else runtime_rss,
         "peak_increment_bytes": None if peak is None or baseline is None else peak - baseline,
+        # weights + activations + caches: CUDA's allocated peak; CPU: peak RSS less the Python/torch runtime
+        "tensor_peak_bytes": peak if cuda else (None if peak is None else peak - runtime_rss),
         "memory_measure": note,
         "loadavg_1m": _loadavg(),
         "error": None,

@@ -177,9 +177,10 @@ class CachedDenoiser:
             cache = LayerCache(
                 k=k, v=v, prompt_slots=p,
                 prompt_valid=None if self._prompt_valid is None else self._prompt_valid[:, None, :],
-                resp_attn=attn[:, p:].contiguous(), resp_mlp=mlp[:, p:].contiguous(),
-                prompt_attn=attn[:, :p].contiguous() if keep_prompt_features else None,
-                prompt_mlp=mlp[:, :p].contiguous() if keep_prompt_features else None,
+                # clone: a row slice of a [B, T, d] tensor is a view that would keep all T rows alive
+                resp_attn=attn[:, p:].clone(), resp_mlp=mlp[:, p:].clone(),
+                prompt_attn=attn[:, :p].clone() if keep_prompt_features else None,
+                prompt_mlp=mlp[:, :p].clone() if keep_prompt_features else None,
             )  # fmt: skip
             self.stats.observe([*new_layers, cache], None)  # peak includes this layer's full K/V
             if keep is not None:
@@ -192,10 +193,10 @@ class CachedDenoiser:
         if scoring:  # online allocation: every layer's statistics were needed first
             for index, keep in self.plan.finish().items():
                 self._evict(self.layers[index], keep)
-        self._resp_stream = x[:, p:]
+        self._resp_stream = x[:, p:].clone()
         self._prompt_stream = x[:, :p] if not policy.mask_only_projection else None
         if self.config.logits_shift:
-            self._last_prompt_hidden = x[:, p - 1 : p].contiguous()
+            self._last_prompt_hidden = x[:, p - 1 : p].clone()
 
     def _context(
         self, index: int, q: torch.Tensor, k: torch.Tensor, voters: torch.Tensor, **hidden: torch.Tensor
@@ -256,7 +257,7 @@ class CachedDenoiser:
         self._resp_stream = x_resp
         self._prompt_stream = x_prompt if not policy.mask_only_projection else None
         if self.config.logits_shift and x_prompt is not None:
-            self._last_prompt_hidden = x_prompt[:, p - 1 : p].contiguous()
+            self._last_prompt_hidden = x_prompt[:, p - 1 : p].clone()
 
     def _response_queries(
         self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, mode: str, transfer: int

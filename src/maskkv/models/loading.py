@@ -167,7 +167,10 @@ def load_model(
                         f"{folder / shard}: tensor {name} has shape {tuple(tensor.shape)}, but config.json "
                         f"implies {expected}; the weights and config.json do not belong together"
                     )
-                _assign(model, ours, tensor.to(device=device, dtype=dtype))
+                tensor = tensor.to(device=device, dtype=dtype)
+                if tensor.data_ptr() % 64:  # a view into the mmapped file: give it its own aligned memory
+                    tensor = tensor.clone()
+                _assign(model, ours, tensor)
                 found.add(name)
     missing = sorted(set(key_map) - found)
     if missing:
