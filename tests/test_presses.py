@@ -13,7 +13,7 @@ import maskkv
 from maskkv.cache import DLLMCache
 from maskkv.models import load_model
 from maskkv.models.tiny import write_tiny_checkpoint
-from maskkv.presses import PRESSES, LayerContext, MaskKVPress, SnapKVPress, make_press
+from maskkv.presses import PRESSES, LayerContext, MaskKVPress, PressPlan, SnapKVPress, make_press
 from maskkv.presses.attention_stats import attention_column_sums
 from maskkv.presses.budgets import topk_keep_indices
 from maskkv.presses.profile import calibrate, save_profile
@@ -343,3 +343,34 @@ def test_press_with_threshold_decoding(model):
         out = maskkv.generate(model, prompt, gen_length=8, steps=8, block_length=4, threshold=0.2, cache=cache,
                               press=MaskKVPress(budget=5), **options)
         assert not bool((out.sequences == model.config.mask_token_id).any())
+
+
+def test_online_maskkv_drops_queries_of_waiting_layers_and_keeps_the_same_tokens(model, monkeypatch):
+    p, gen = 120, 8
+    prompt = _prompt(model, 2, p, seed=21)
+    x = torch.cat([prompt, torch.full((2, gen), model.config.mask_token_id)], dim=1)
+
+    def kept_positions() -> list[torch.Tensor]:
+        deferred = []
+        original = PressPlan.after_layer
+
+        def spy(self, ctx):
+            keep = original(self, ctx)
+            if keep is None:
+                deferred.append(ctx)
+            return keep
+
+        monkeypatch.setattr(PressPlan, "after_layer", spy)
+        denoiser = DLLMCache().bind(model, p, press=MaskKVPress(budget=10))
+        denoiser.logits_at(x, None, torch.arange(p, p + gen))
+        monkeypatch.undo()
+        return deferred, [denoiser.plan.keep[i].indices for i in range(model.config.num_layers)]
+
+    deferred, early = kept_positions()
+    assert len(deferred) == model.config.num_layers  # online: every layer waited for the budgets
+    assert all(ctx.queries is None and ctx.scores is not None for ctx in deferred)
+    monkeypatch.setattr(MaskKVPress, "uses_window", lambda self: True)  # forces scoring after the pass
+    deferred, late = kept_positions()
+    assert all(ctx.scores is None for ctx in deferred)
+    for a, b in zip(early, late, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -41,12 +41,13 @@ class LayerContext:
     Shapes: ``queries [B, H, L, hd]`` and ``keys [B, Hkv, L, hd]`` (post-RoPE, canvas order
     ``[prompt | response]``); ``key_valid [B, L]`` (False at pad keys); ``voter_rows [B, G]`` (True at
     response rows whose input is [MASK]); ``hidden_in``/``hidden_mid`` ``[B, L, d]`` (the residual
-    stream entering the layer and after the attention residual add; None on re-votes).
+    stream entering the layer and after the attention residual add; None on re-votes). ``scores``: the
+    press's scores when they were computed early (a layer waiting for online budgets drops its queries).
     """
 
     layer: int
     config: ModelConfig
-    queries: torch.Tensor
+    queries: torch.Tensor | None
     keys: torch.Tensor
     prompt_length: int
     key_valid: torch.Tensor | None
@@ -56,6 +57,7 @@ class LayerContext:
     window: int = 0  # protected/observation window chosen by the allocator for this layer
     layer_budget: int = 0
     group_reduce: str = "sum"
+    scores: torch.Tensor | None = field(default=None, repr=False)
     _votes: torch.Tensor | None = field(default=None, repr=False)
 
     @property
@@ -220,6 +222,14 @@ class PressPlan:
             self._similarity[ctx.layer] = 1.0 - B.layer_importance(ctx.hidden_in, ctx.hidden_mid, tokens)
         if self.layer_budgets is None:
             ctx.hidden_in = ctx.hidden_mid = None  # the similarity is all the allocation needs from them
+            if not self.press.uses_window():
+                # Scores that do not depend on the budget (MaskKV's votes) are taken now, so the waiting layer
+                # need not hold its queries (LLaDA-8B at 32k: 256 MiB per layer in bf16).
+                ctx.group_reduce = self.press.group_reduce
+                ctx.scores = self.press.score(ctx)
+                if self.press.head_allocation == "preference":
+                    ctx.mask_votes()
+                ctx.queries = None
             self._deferred[ctx.layer] = ctx
             return None
         keep = self._select(ctx, self.layer_budgets[..., ctx.layer])
@@ -277,7 +287,7 @@ class PressPlan:
         ctx.layer_budget = unit
         ctx.window = B.effective_window(unit, press.window) if press.uses_window() and unit > 0 else 0
         ctx.group_reduce = press.group_reduce
-        scores = press.score(ctx).float()  # [B, Hkv, P]
+        scores = (press.score(ctx) if ctx.scores is None else ctx.scores).float()  # [B, Hkv, P]
         if press.protect_first or press.protect_last:
             scores = scores.masked_fill(self._protected(scores.device)[:, None, :], float("inf"))
         if self.prompt_valid is not None:
