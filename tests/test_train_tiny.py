@@ -85,3 +85,40 @@ def test_tasks_and_tokenizer_invariants(straight):
             assert len(tok.encode(sample.answer, add_special_tokens=False).ids) < ANSWER_TOKENS
     with pytest.raises(ValueError, match="unknown task"):
         task_parts("nope", rng)
+
+
+def test_recall_task_supervises_the_recap_values(straight):
+    from tokenizers import Tokenizer
+
+    from maskkv.models.tiny import TinyTokenizerInfo
+    from maskkv.train.data import NEEDLE_PATTERN
+    from maskkv.train.trainer import Stage, TrainConfig, encode_chat_targets, make_batch
+
+    tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
+    builder = TaskBuilder(tok, SyntheticFiller())
+    sample = builder.sample("recall", 300, random.Random(3), num_needles=4)
+    values = dict(m.groups() for m in NEEDLE_PATTERN.finditer(sample.content))
+    assert len(values) == 4 and len(sample.context_targets) == 4 and sample.answer in values.values()
+    recap = [sample.content[a:b] for a, b in sample.context_targets]
+    assert sorted(recap) == sorted(values.values())
+    ids, positions = encode_chat_targets(tok, sample.content, sample.context_targets)
+    assert [tok.id_to_token(ids[p]) for p in positions] == recap
+
+    meta = json.loads((straight / "tokenizer_meta.json").read_text())
+    info = TinyTokenizerInfo("llada", (straight / "tokenizer.json").read_text(), meta["num_regular"])
+    stage = Stage(200, 1, 6, 100, tasks={"recall": 1.0}, needles=[2, 3])
+    ids, _, _, context, names = make_batch(TaskBuilder(tok, SyntheticFiller()), info,
+                                          TrainConfig(out_dir="unused"), stage, 0)
+    assert names == ["recall"] * 6 and 12 <= len(context) <= 18
+    assert bool((ids[context[:, 0], context[:, 1]] == info.special_ids["<|mdm_mask|>"]).all())
+    assert all(tok.id_to_token(int(v)).isdigit() for v in context[:, 2])
+
+
+def test_config_with_stage_options_round_trips_through_json():
+    from maskkv.train.trainer import TrainConfig, default_stages
+
+    cfg = TrainConfig(out_dir="unused")
+    assert any(s.needles for s in cfg.stages) and any(s.tasks for s in cfg.stages)
+    raw = json.loads(json.dumps(cfg.to_json()))
+    assert json.loads(json.dumps(TrainConfig.from_json(raw).to_json())) == raw
+    assert TrainConfig.from_json(raw).stages == default_stages()

