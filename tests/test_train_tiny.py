@@ -45,6 +45,7 @@ def test_smoke_run_exports_a_loadable_llada_checkpoint(straight):
     model = maskkv.load_model(str(straight / "model"))
     tokenizer = maskkv.load_tokenizer(str(straight / "model"))
     assert model.config.family == "llada" and model.config.hidden_size == 32
+    assert json.loads((straight / "model" / "config.json").read_text())["rope_theta"] == 500000.0  # LLaDA-8B's
     assert tokenizer.mask_token_id == model.config.mask_token_id
     rows = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
@@ -122,3 +123,10 @@ def test_config_with_stage_options_round_trips_through_json():
     raw = json.loads(json.dumps(cfg.to_json()))
     assert json.loads(json.dumps(TrainConfig.from_json(raw).to_json())) == raw
     assert TrainConfig.from_json(raw).stages == default_stages()
+
+
+def test_rope_theta_flag_reaches_the_exported_config(tmp_path):
+    _run(tmp_path, "--rope-theta", "10000", "--stop-at-step", "1")
+    raw = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert raw["rope_theta"] == 10000.0
+    assert maskkv.load_model(str(tmp_path / "model")).config.rope_theta == 10000.0

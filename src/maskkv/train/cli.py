@@ -33,6 +33,7 @@ def _parse_stages(text: str | None) -> list[Stage]:
 @click.option("--hidden", type=int, default=64, show_default=True)
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--mlp", type=int, default=128, show_default=True, help="SwiGLU hidden size.")
+@click.option("--rope-theta", type=float, default=500000.0, show_default=True, help="RoPE base (LLaDA-8B: 500000).")
 @click.option("--tie-embeddings/--no-tie-embeddings", default=True, show_default=True,
               help="Tie the LM head to the input embedding (LLaDA's weight_tying field).")
 @click.option("--vocab", type=int, default=3000, show_default=True, help="Regular BPE tokens.")
@@ -52,7 +53,8 @@ def _parse_stages(text: str | None) -> list[Stage]:
               help="Stop (checkpoint + export) at this step of the schedule (reproduces a run cut at that step).")
 @click.option("--bf16", is_flag=True, help="CPU autocast to bfloat16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, tie_embeddings: bool, vocab: int,
+def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, rope_theta: float,
+               tie_embeddings: bool, vocab: int,
                stages: str | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
                eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
                quiet: bool) -> None:
@@ -60,7 +62,7 @@ def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, m
     if not 0 < t_min < 1:
         raise click.BadParameter(f"--t-min must be in (0, 1), got {t_min}")
     cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
-                      intermediate_size=mlp, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages), lr=lr, warmup=warmup,
+                      intermediate_size=mlp, rope_theta=rope_theta, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages), lr=lr, warmup=warmup,
                       t_min=t_min, filler=filler, checkpoint_every=checkpoint_every, eval_every=eval_every,
                       threads=threads, max_minutes=max_minutes, bf16=bf16,
                       stop_at_step=stop_at_step)

@@ -97,6 +97,7 @@ class TrainConfig:
     hidden_size: int = 64
     num_heads: int = 4
     intermediate_size: int = 128
+    rope_theta: float = 500000.0  # LLaDA-8B's; smaller values give more rotary frequencies for short offsets
     number_init: bool = False  # shared init direction for digit-group embeddings (see build_model)
     tie_embeddings: bool = True  # LLaDA's weight_tying: copying a context token is far easier to learn tied
     vocab_size: int = 3000  # regular BPE tokens (the embedding adds the specials, rounded up to 64)
@@ -167,7 +168,7 @@ def llada_config_dict(cfg: TrainConfig, info: TinyTokenizerInfo) -> dict[str, An
                            intermediate_size=cfg.intermediate_size, max_position_embeddings=4096)
     ids = info.special_ids
     raw.update(weight_tying=cfg.tie_embeddings, vocab_size=info.vocab_size, embedding_size=info.vocab_size, eos_token_id=ids["<|endoftext|>"],
-               pad_token_id=ids["<|endoftext|>"], mask_token_id=ids["<|mdm_mask|>"])
+               pad_token_id=ids["<|endoftext|>"], mask_token_id=ids["<|mdm_mask|>"], rope_theta=cfg.rope_theta)
     return raw
 
 
