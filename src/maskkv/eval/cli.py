@@ -216,7 +216,13 @@ def eval_group() -> None:
 @handle_errors
 def longbench_command(**kw: Any) -> None:
     """Run LongBench v1 tasks with a press and print/save the official scores."""
-    from .longbench import ENGLISH_TASKS, LongBenchRun, default_run_name, resolve_data, run_longbench
+    from .longbench import (
+        ENGLISH_TASKS,
+        LongBenchRun,
+        default_run_name,
+        resolve_data,
+        run_longbench,
+    )
 
     dist = DistInfo.from_env()
     handle = make_handle(kw, dist)
@@ -506,7 +512,14 @@ def study_command(model_path: str | None, out_dir: Path, methods: tuple[str, ...
 
     from ..demo import shipped_model_path
     from ..train.data import TASKS
-    from .study import STUDY_BUDGETS, STUDY_LENGTHS, STUDY_METHODS, STUDY_TASKS, StudyConfig, run_study
+    from .study import (
+        STUDY_BUDGETS,
+        STUDY_LENGTHS,
+        STUDY_METHODS,
+        STUDY_TASKS,
+        StudyConfig,
+        run_study,
+    )
 
     if threads:
         torch.set_num_threads(threads)

@@ -21,11 +21,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import EvalError, RowWriter, mean, read_rows, write_csv_atomic, write_json_atomic
+from .common import (
+    EvalError,
+    RowWriter,
+    mean,
+    read_rows,
+    write_csv_atomic,
+    write_json_atomic,
+)
 
 #: The methods of issue 7's study (MaskKV and the paper's baselines, plus StreamingLLM and random).
 STUDY_METHODS = ("maskkv", "snapkv", "pyramidkv", "squeeze", "adakv", "streaming", "random")
@@ -47,7 +54,6 @@ class StudyConfig:
     lengths: Sequence[int] = STUDY_LENGTHS
     count: int = 40
     filler: str = "essays"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def identity(self) -> dict[str, Any]:
         """What must match for earlier predictions in ``out_dir`` to be reused."""
@@ -74,7 +80,12 @@ def run_study(config: StudyConfig, *, progress: bool = True) -> dict[str, Any]:
     from .. import load_model, load_tokenizer
     from ..cache import DLLMCache
     from ..presses import PRESSES
-    from ..train.evaluate import answer, heldout_samples, make_heldout_builder, prompt_ids
+    from ..train.evaluate import (
+        answer,
+        heldout_samples,
+        make_heldout_builder,
+        prompt_ids,
+    )
 
     unknown = [m for m in config.methods if m not in PRESSES]
     if unknown:
@@ -172,9 +183,9 @@ def _cell_table(results: list[dict[str, Any]], task: str, length: int, methods: 
              f"{pct(full.get('accuracy'))} %, {full.get('samples', 0)} samples)" if prompt else f"### {task}, {length}",
              "", "| method | " + " | ".join(f"B={b} ({100 * b / prompt:.1f} %)" if prompt else f"B={b}" for b in budgets)
              + " |", "|---|" + "---:|" * len(budgets)]  # fmt: skip
+    best = [max((by.get((m, b), {}).get("accuracy") or 0.0) for m in methods) for b in budgets]
     for method in methods:
         values = [by.get((method, b), {}).get("accuracy") for b in budgets]
-        best = [max((by.get((m, b), {}).get("accuracy") or 0.0) for m in methods) for b in budgets]
         cells = [f"**{pct(v)}**" if v is not None and v == best[i] and v > 0 else pct(v) for i, v in enumerate(values)]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines + [""]

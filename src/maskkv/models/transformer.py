@@ -19,7 +19,6 @@ from torch import nn
 from .config import ModelConfig
 from .rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 
-
 # Below this many rows, fp32 CPU logits are computed as ``W @ x^T``: MKL's kernel for the usual
 # ``x @ W^T`` orientation is 2-4x slower for 1-11 rows against a 126k-row LM head (docs/performance.md).
 SKINNY_LM_HEAD_ROWS = 11
