@@ -129,6 +129,17 @@ def _check_family(family: str) -> Family:
     return family  # type: ignore[return-value]
 
 
+def byte_level_bpe_trainer(vocab_size: int) -> trainers.BpeTrainer:
+    """The BPE trainer of our byte-level tokenizers: full byte alphabet, merges seen at least twice, no specials."""
+    return trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+    )
+
+
 @lru_cache(maxsize=2)
 def tiny_tokenizer_info(family: str) -> TinyTokenizerInfo:
     """Train (once per process, deterministically) the tiny byte-level BPE of ``family``."""
@@ -140,13 +151,7 @@ def tiny_tokenizer_info(family: str) -> TinyTokenizerInfo:
         backend.normalizer = normalizers.NFC()
         backend.pre_tokenizer = qwen2_pre_tokenizer()
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=_TRAINER_VOCAB_SIZE,
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-    )
+    trainer = byte_level_bpe_trainer(_TRAINER_VOCAB_SIZE)
     backend.train_from_iterator(_CORPUS.splitlines(keepends=True), trainer=trainer)
     num_regular = backend.get_vocab_size(with_added_tokens=False)
     if family == "llada":

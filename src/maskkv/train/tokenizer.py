@@ -24,10 +24,9 @@ from tokenizers import (
     models,
     pre_tokenizers,
     processors,
-    trainers,
 )
 
-from ..models.tiny import TINY_SPECIAL_TOKENS, TinyTokenizerInfo
+from ..models.tiny import TINY_SPECIAL_TOKENS, TinyTokenizerInfo, byte_level_bpe_trainer
 
 __all__ = ["PRETOKENIZE_REGEX", "build_tokenizer", "digit_strings"]
 
@@ -66,13 +65,7 @@ def build_tokenizer(texts: Iterable[str], *, vocab_size: int = 3000, digit_repea
         ]
     )
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=2,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        special_tokens=[],
-    )
+    trainer = byte_level_bpe_trainer(vocab_size)
     backend.train_from_iterator(_with_digits(texts, digit_repeats), trainer=trainer)
     num_regular = backend.get_vocab_size(with_added_tokens=False)
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
