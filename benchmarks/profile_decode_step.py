@@ -63,7 +63,8 @@ def main() -> None:
 
     def one_call(start=None) -> float:
         cache = system.make_cache()
-        inner = model if cache is None else cache.bind(model, args.prompt, press=system.make_press(args.budget))
+        inner = model if cache is None else cache.bind(model, args.prompt, press=system.make_press(args.budget),
+                                                     block_length=args.block_length)
         torch.manual_seed(0)
         began = time.perf_counter()
         generate(_ProfileAfterFirstPass(inner, start), prompt, gen_length=args.gen_length, steps=args.steps,

@@ -65,7 +65,8 @@ def test_quick_json_has_every_field(quick):
         assert row["tokens_per_s"] > 0 and row["first_pass_s"] > 0 and row["decode_step_mean_s"] > 0
         assert row["peak_memory_bytes"] >= row["model_memory_bytes"] > 0  # fresh process per configuration
         assert row["tensor_peak_bytes"] == row["peak_memory_bytes"] - row["runtime_memory_bytes"] > 0
-        cached = SYSTEMS[row["config"]["system"]].cache is not None
+        system = SYSTEMS[row["config"]["system"]]
+        cached = system.cache is not None or system.fast_dllm is not None
         assert (row["cache_bytes"] is not None) == cached
         if cached:
             assert set(CACHE_KINDS) <= set(row["cache_bytes"])
@@ -104,6 +105,15 @@ def test_maskkv_cache_bytes_equal_the_analytic_value(quick):
     for row in _rows(document, "dllm-cache"):  # no eviction: every prompt pair
         m, p = row["model"], row["config"]["prompt_length"]
         assert row["cache_bytes"]["prompt_kv"] == m["layers"] * p * 2 * m["kv_heads"] * m["head_dim"] * m["element_size"]
+    for mode in ("prefix", "dual"):  # one block: the prompt's K/V, plus (dual) the block's own
+        for row in _rows(document, f"fast-dllm-{mode}"):
+            m, c = row["model"], row["config"]
+            assert c["block_length"] == c["gen_length"]
+            per_position = m["layers"] * 2 * m["kv_heads"] * m["head_dim"] * m["element_size"]
+            cache = row["cache_bytes"]
+            assert cache["prompt_kv"] == c["prompt_length"] * per_position
+            assert cache["response_kv"] == (c["gen_length"] if mode == "dual" else 0) * per_position
+            assert cache["response_features"] == cache["prompt_features"] == 0
 
 
 def test_quick_csv_and_png(quick):

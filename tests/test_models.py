@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,34 @@ def test_lm_head_logits_equals_linear_for_every_row_count(rows):
     assert got.shape == (1, rows, 1000) and got.is_contiguous()
     torch.testing.assert_close(got, torch.nn.functional.linear(x, weight), rtol=0, atol=1e-5)
     assert lm_head_logits(x[:, :0], weight).shape == (1, 0, 1000)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5, 12, 40])
+def test_column_major_lm_head_gives_the_same_logits(rows):
+    from maskkv.models.transformer import is_column_major, lm_head_logits
+
+    gen = torch.Generator().manual_seed(rows)
+    weight = torch.randn(1000, 32, generator=gen)
+    column_major = weight.t().contiguous().t()
+    assert is_column_major(column_major) and not is_column_major(weight)
+    x = torch.randn(2, rows, 32, generator=gen)
+    got = lm_head_logits(x, column_major)
+    assert got.shape == (2, rows, 1000)
+    torch.testing.assert_close(got, torch.nn.functional.linear(x, weight), rtol=0, atol=1e-5)
+
+
+def test_load_model_stores_an_untied_cpu_lm_head_column_major(tmp_path):
+    from importlib import resources
+
+    from safetensors.torch import load_file
+
+    from maskkv.models.transformer import is_column_major
+
+    write_tiny_checkpoint(tmp_path, "llada", num_layers=1, hidden_size=32, num_heads=2, seed=3)
+    model = load_model(tmp_path)
+    head = model.lm_head.weight
+    assert is_column_major(head) and head.shape == (model.config.vocab_size, 32)
+    assert torch.equal(head, load_file(tmp_path / "model.safetensors")["model.transformer.ff_out.weight"])
+    assert load_model(tmp_path, dtype=torch.bfloat16).lm_head.weight.is_contiguous()  # fp32 CPU only
+    tied = load_model(Path(str(resources.files("maskkv") / "assets" / "tiny-llada")))  # weight_tying: true
+    assert tied.lm_head.weight is tied.embed_tokens.weight and tied.lm_head.weight.is_contiguous()

@@ -17,6 +17,7 @@ _PUBLIC = {
     "generate": "maskkv.sampling.generate",
     "GenerationOutput": "maskkv.sampling.generate",
     "DLLMCache": "maskkv.cache.dllm_cache",
+    "FastDLLMCache": "maskkv.cache.fast_dllm",
 }
 __all__ = [*_PUBLIC, "__version__"]
 

@@ -100,4 +100,5 @@ def build_random_model(
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02, generator=generator)
+    model.use_fast_lm_head_layout()
     return model.eval()

@@ -137,7 +137,7 @@ def run_once(model: Any, config: BenchConfig, prompt: torch.Tensor, *, max_passe
     system = SYSTEMS[config.system]
     cache = system.make_cache()
     press = system.make_press(config.budget, profile or config.profile)
-    inner = model if cache is None else cache.bind(model, prompt.shape[1], press=press)
+    inner = model if cache is None else cache.bind(model, prompt.shape[1], press=press, block_length=config.block_length)
     timer = PassTimer(inner, reference_logits=system.reference_logits, max_passes=max_passes)
     torch.manual_seed(config.seed)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
@@ -197,12 +197,18 @@ def analytic_cache_bytes(model_config: ModelConfig, config: BenchConfig, layout:
     (no prompt-state exclusion): layers * P * 2 * d. All times batch and bytes per element.
     """
     system = SYSTEMS[config.system]
-    if system.cache is None:
-        return None
-    policy = DLLMCache(**system.cache)
     c, b, e = model_config, config.batch, element_size
     layers, g, p = c.num_layers, config.gen_length, config.prompt_length
     d_kv = c.num_kv_heads * c.head_dim
+    if system.fast_dllm is not None:  # at the end: the last block's frozen K/V (prefix: positions before it)
+        frozen = g if system.fast_dllm == "dual" else g - min(config.block_length, g)
+        out = {"prompt_kv": layers * p * 2 * d_kv * b * e, "response_kv": layers * frozen * 2 * d_kv * b * e,
+               "response_features": 0, "prompt_features": 0}  # fmt: skip
+        out["total"] = sum(out.values())
+        return out
+    if system.cache is None:
+        return None
+    policy = DLLMCache(**system.cache)
     slots = layout.get("prompt_slots_per_layer") or [p] * layers
     out = {
         "prompt_kv": sum(slots) * c.num_kv_heads * c.head_dim * 2 * b * e,

@@ -10,6 +10,8 @@ Every system is one way to run the same LLaDA/Dream sampler (``maskkv.sampling.g
   mask-only projection on).
 - ``dllm-cache-no-mop``: the same without mask-only projection (ablation, MaskKV Table 5).
 - ``dllm-cache-orig``: neither optimisation, as the original dLLM-Cache code (Table 5's first row).
+- ``fast-dllm-prefix`` / ``fast-dllm-dual``: :class:`~maskkv.cache.FastDLLMCache` (Fast-dLLM's per-block
+  prefix / dual cache, ``sampling.md`` 3.2-3.3) with LLaDA's step schedule (no confidence threshold).
 - ``maskkv`` and the baselines (``snapkv``, ``pyramidkv``, ...): the press at the benchmark's
   budget on top of ``DLLMCache()``. Without ``--profile`` MaskKV is the online variant (every layer's
   full prompt K/V held until the first pass ends).
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 
 from ..cache.dllm_cache import DLLMCache
+from ..cache.fast_dllm import FastDLLMCache
 from ..presses import PRESSES, make_press
 from ..presses.base import Press
 
@@ -37,12 +40,15 @@ class System:
     name: str
     label: str
     cache: dict[str, Any] | None = None  # DLLMCache fields, or None for no cache
+    fast_dllm: str | None = None  # a FastDLLMCache mode instead of DLLMCache
     press: str | None = None  # a name of maskkv.presses.PRESSES
     reference_logits: bool = False  # project every row, as the reference forward does
     offline: bool = False  # MaskKV with an offline layer profile (layer-by-layer eviction in the first pass)
     description: str = field(default="", compare=False)
 
-    def make_cache(self) -> DLLMCache | None:
+    def make_cache(self) -> DLLMCache | FastDLLMCache | None:
+        if self.fast_dllm is not None:
+            return FastDLLMCache(self.fast_dllm)
         return None if self.cache is None else DLLMCache(**self.cache)
 
     def make_press(self, budget: int, profile: str | None = None) -> Press | None:
@@ -72,6 +78,10 @@ SYSTEMS: dict[str, System] = {
         System("dllm-cache-orig", "dLLM-Cache (original)",
                cache={"mask_only_projection": False, "prompt_state_exclusion": False},
                description="DLLMCache(mask_only_projection=False, prompt_state_exclusion=False)"),
+        System("fast-dllm-prefix", "Fast-dLLM prefix cache", fast_dllm="prefix",
+               description="FastDLLMCache('prefix'): prompt and earlier blocks frozen per block"),
+        System("fast-dllm-dual", "Fast-dLLM dual cache", fast_dllm="dual",
+               description="FastDLLMCache('dual'): every position frozen per block, the block recomputed"),
         *(
             System(name, _PRESS_LABELS.get(name, name), cache={}, press=name,
                    description=f"make_press({name!r}, budget) on DLLMCache()")
@@ -83,7 +93,10 @@ SYSTEMS: dict[str, System] = {
     )
 }  # fmt: skip
 
-DEFAULT_SYSTEMS = ("vanilla", "vanilla-ref", "dllm-cache", "dllm-cache-no-mop", "maskkv", "maskkv-offline")
+DEFAULT_SYSTEMS = (
+    "vanilla", "vanilla-ref", "dllm-cache", "dllm-cache-no-mop", "fast-dllm-prefix", "fast-dllm-dual", "maskkv",
+    "maskkv-offline",
+)  # fmt: skip
 BASELINES = tuple(name for name in PRESSES if name != "maskkv")
 GROUPS = {"default": DEFAULT_SYSTEMS, "baselines": BASELINES, "all": tuple(SYSTEMS)}
 

@@ -74,9 +74,14 @@ class DLLMCache:
         return (step - 1) % self.response_interval == 0
 
     def bind(
-        self, model: DiffusionTransformer, prompt_length: int, press: Press | None = None, *, kept_attention: bool = False
-    ) -> CachedDenoiser:
-        """A fresh per-request denoiser over ``model`` for prompts of ``prompt_length`` (padded) tokens."""
+        self, model: DiffusionTransformer, prompt_length: int, press: Press | None = None, *,
+        kept_attention: bool = False, block_length: int | None = None,
+    ) -> CachedDenoiser:  # fmt: skip
+        """A fresh per-request denoiser over ``model`` for prompts of ``prompt_length`` (padded) tokens.
+
+        ``block_length`` (the sampler's, passed by ``generate`` to every cache policy) is not used:
+        dLLM-Cache's refresh schedules count passes, not blocks.
+        """
         from .engine import CachedDenoiser
 
         return CachedDenoiser(model, self, prompt_length, press=press, kept_attention=kept_attention)

@@ -191,6 +191,7 @@ def load_model(
     for layer in model.layers:
         layer.config = model.config
     model.to(device)  # rebuilds the fp32 RoPE frequencies on the device
+    model.use_fast_lm_head_layout()
     return model.eval().requires_grad_(False)
 
 

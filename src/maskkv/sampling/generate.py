@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from ..cache.dllm_cache import DLLMCache
+from ..cache.fast_dllm import FastDLLMCache
 from ..presses.base import Press
 
 from .confidence import LLADA_REMASKING, SOFTMAX_DTYPES, llada_propose, sample_tokens
@@ -404,7 +405,7 @@ def generate(
     top_k: int | None = None,
     alg_temp: float | None = None,
     eps: float = 1e-3,
-    cache: DLLMCache | None = None,
+    cache: DLLMCache | FastDLLMCache | None = None,
     press: Press | None = None,
 ) -> GenerationOutput:
     """Fill ``gen_length`` masks after the prompt with the family's reference sampler (``sampling.md`` 1-3).
@@ -426,7 +427,9 @@ def generate(
         logits_eos_inf, confidence_eos_eot_inf: LLaDA EOS/EOT flags (1.6).
         softmax_dtype: LLaDA confidence softmax ``"logits"`` (HEAD) | ``"float64"`` (Fast-dLLM).
         top_p, top_k, alg_temp, eps: Dream ``sample_tokens`` filters, selection temperature, final time.
-        cache: a :class:`~maskkv.cache.DLLMCache` policy, or None for a full forward every step.
+        cache: a :class:`~maskkv.cache.DLLMCache` policy, a :class:`~maskkv.cache.FastDLLMCache`
+            (Fast-dLLM's per-block prefix/dual cache, ``sampling.md`` 3.2-3.3), or None for a full
+            forward every step.
         press: a :class:`~maskkv.presses.Press` evicting prompt K/V at the first pass. With
             ``cache=None`` every step still recomputes every row, but attends only to the kept
             prompt keys (evicted entries are absent from every later step).
@@ -495,7 +498,7 @@ def generate(
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         if cache is not None:
-            denoiser = cache.bind(model, plan.prompt_length, press=press)
+            denoiser = cache.bind(model, plan.prompt_length, press=press, block_length=plan.block_length)
         elif press is not None:
             every_pass = DLLMCache(prompt_interval=1, response_interval=1, transfer_ratio=0.0)
             denoiser = every_pass.bind(model, plan.prompt_length, press=press, kept_attention=True)

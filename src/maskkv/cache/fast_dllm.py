@@ -1,0 +1,203 @@
+"""Fast-dLLM's block-wise approximate KV cache: prefix and dual cache (``sampling.md`` 3.2-3.3).
+
+Fast-dLLM (Wu et al., arXiv 2505.22618) freezes K/V for the length of one block of the
+semi-autoregressive sampler:
+
+- **prefix**: the block's first pass is a full forward that stores each layer's K/V of the positions
+  before the block; every other pass of the block recomputes the block **and all later positions**
+  over that frozen prefix.
+- **dual**: the first pass stores every position's K/V; the other passes recompute only the block's
+  rows, write their fresh K/V into the cache in place, and attend over the frozen prefix and suffix.
+
+Deviations from the Fast-dLLM code, none of which changes what is frozen when:
+
+- Keys are stored after RoPE at their true positions (Fast-dLLM stores them before RoPE and rotates
+  the concatenation on every call); the products are the same up to fp rounding.
+- Logits are projected only for the rows the sampler reads (mask-only projection).
+- With a logit shift (Dream), the row before the block predicts its first token; it is recomputed as
+  a query on every pass (its own K/V stay the frozen ones), so the block's first token is never
+  predicted from a stale hidden state.
+
+The block boundaries are the sampler's (``generate(block_length=...)``); with one pass per block
+every pass is a full forward, and the output equals the uncached sampler's token for token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from .state import CacheStats
+
+if TYPE_CHECKING:
+    from ..models.transformer import DiffusionTransformer
+    from ..presses.base import Press
+
+MODES = ("prefix", "dual")
+
+
+@dataclass(frozen=True)
+class FastDLLMCache:
+    """Fast-dLLM's prefix (``mode="prefix"``) or dual (``mode="dual"``) cache, refreshed per block."""
+
+    mode: str = "prefix"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"FastDLLMCache.mode={self.mode!r} is unknown; use one of {MODES}")
+
+    def bind(
+        self, model: DiffusionTransformer, prompt_length: int, press: Press | None = None, *,
+        block_length: int | None = None,
+    ) -> FastDLLMDenoiser:  # fmt: skip
+        """A fresh per-request denoiser for prompts of ``prompt_length`` tokens and the sampler's blocks."""
+        if press is not None:
+            raise ValueError(
+                f"FastDLLMCache does not evict (press {type(press).__name__} given); "
+                "use DLLMCache() for eviction with a press"
+            )
+        if block_length is None or block_length <= 0:
+            raise ValueError(f"FastDLLMCache needs the sampler's block_length (a positive int), got {block_length!r}")
+        return FastDLLMDenoiser(model, self, prompt_length, block_length)
+
+
+@dataclass
+class FastPassRecord:
+    """What one pass computed: a full forward (a block's first pass) or the rows ``[start, end)``."""
+
+    step: int
+    full: bool
+    query_rows: int
+    block: int
+
+
+@dataclass
+class _BlockState:
+    """The frozen K/V of the current block, per layer ``[B, Hkv, S, hd]`` after RoPE."""
+
+    index: int
+    start: int  # first canvas position of the block
+    end: int  # one past its last position
+    keys: list[torch.Tensor] = field(default_factory=list)  # prefix: positions < start; dual: every position
+    values: list[torch.Tensor] = field(default_factory=list)
+
+
+class FastDLLMDenoiser:
+    """Per-request Fast-dLLM cache (see the module docstring). Built by :meth:`FastDLLMCache.bind`."""
+
+    full_logits = False  # predicts the rows of the current block only
+    press = None
+
+    def __init__(self, model: DiffusionTransformer, policy: FastDLLMCache, prompt_length: int, block_length: int) -> None:
+        if prompt_length <= 0:
+            raise ValueError(f"prompt_length must be positive, got {prompt_length}")
+        self.model = model
+        self.config = model.config
+        self.policy = policy
+        self.prompt_length = prompt_length
+        self.block_length = block_length
+        self.step = 0
+        self.stats = CacheStats()
+        self.passes: list[FastPassRecord] = []
+        self._block: _BlockState | None = None
+        self._cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._bias: torch.Tensor | None = None  # key padding bias over the whole canvas
+        self._pad_rows: torch.Tensor | None = None  # Dream: [B, L, 1] True at prompt padding rows
+        self._real_prompt_tokens = 0  # over the batch, without left padding
+
+    @torch.inference_mode()
+    def logits_at(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """One pass, then logits for ``positions [C]`` (all inside one block) -> ``[B, C, V]``."""
+        self.step += 1
+        p, length = self.prompt_length, input_ids.shape[1]
+        if positions.numel() == 0:
+            raise ValueError("no positions requested")
+        first, last = int(positions.min()), int(positions.max())
+        if first < p:
+            raise ValueError(f"logits requested for prompt position {first}; the cache predicts the blocks only")
+        index = (first - p) // self.block_length
+        start = p + index * self.block_length
+        end = min(start + self.block_length, length)
+        if last >= end:
+            raise ValueError(
+                f"positions {first}..{last} span more than the block [{start}, {end}) of length {self.block_length}"
+            )
+        if self._cos_sin is None:
+            self._start(input_ids, attention_mask)
+        shift = 1 if self.config.logits_shift else 0
+        if self._block is None or self._block.index != index:
+            hidden, offset = self._full_pass(input_ids, index, start, end), 0
+            self.passes.append(FastPassRecord(self.step, True, length, index))
+        else:
+            query_end = length if self.policy.mode == "prefix" else end
+            hidden, offset = self._block_pass(input_ids, start - shift, query_end), start - shift
+            self.passes.append(FastPassRecord(self.step, False, query_end - start + shift, index))
+        self._observe(p)
+        rows = positions - shift if shift else positions
+        return self.model.project(hidden[:, rows - offset])
+
+    # ----- passes --------------------------------------------------------------------------
+
+    def _start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        model, length = self.model, input_ids.shape[1]
+        self._cos_sin = model.rotary(model.default_position_ids(attention_mask, length))
+        self._bias = model.key_padding_bias(attention_mask, model.embed_tokens.weight.dtype)
+        p = self.prompt_length
+        self._real_prompt_tokens = input_ids.shape[0] * p if attention_mask is None else int(attention_mask[:, :p].sum())
+        if self._bias is not None and self.config.pad_queries_masked:
+            self._pad_rows = ~attention_mask.to(torch.bool)[:, :, None]
+
+    def _full_pass(self, input_ids: torch.Tensor, index: int, start: int, end: int) -> torch.Tensor:
+        """Every row, exactly the uncached forward; freezes the K/V this block's passes will reuse."""
+        cos, sin = self._cos_sin
+        block = _BlockState(index, start, end)
+        x = self.model.embed_tokens(input_ids)
+        for layer in self.model.layers:
+            q, k, v = layer.qkv(x, cos, sin)
+            attn = layer.attend(q, k, v, self._bias)
+            if self._pad_rows is not None:
+                attn = attn.masked_fill(self._pad_rows, 0.0)
+            x = x + attn
+            x = x + layer.mlp(x)
+            if self.policy.mode == "prefix":  # copies: a slice would keep the whole canvas's K/V alive
+                k, v = k[:, :, :start].clone(), v[:, :, :start].clone()
+            block.keys.append(k)
+            block.values.append(v)
+        self._block = block
+        return x
+
+    def _block_pass(self, input_ids: torch.Tensor, query_start: int, query_end: int) -> torch.Tensor:
+        """Rows ``[query_start, query_end)`` over the frozen K/V; returns their final stream."""
+        block = self._block
+        cos, sin = self._cos_sin
+        rows = slice(query_start, query_end)
+        fresh = block.start - query_start  # leading query-only rows (the shift row) keep their frozen K/V
+        x = self.model.embed_tokens(input_ids[:, rows])
+        for layer, k_frozen, v_frozen in zip(self.model.layers, block.keys, block.values):
+            q, k, v = layer.qkv(x, cos[:, rows], sin[:, rows])
+            k, v = k[:, :, fresh:], v[:, :, fresh:]
+            if self.policy.mode == "prefix":
+                keys, values = torch.cat([k_frozen, k], dim=2), torch.cat([v_frozen, v], dim=2)
+            else:  # dual: the block's fresh K/V replace their frozen entries in place
+                k_frozen[:, :, block.start : query_end].copy_(k)
+                v_frozen[:, :, block.start : query_end].copy_(v)
+                keys, values = k_frozen, v_frozen
+            x = x + layer.attend(q, keys, values, self._bias)
+            x = x + layer.mlp(x)
+        return x
+
+    def _observe(self, prompt_length: int) -> None:
+        """Cache bytes: frozen K/V of prompt positions (``prompt_kv``) and of generated ones (``response_kv``)."""
+        prompt = response = 0
+        for k, v in zip(self._block.keys, self._block.values):
+            per_position = (k.numel() + v.numel()) // k.shape[2] * k.element_size()
+            prompt += per_position * min(k.shape[2], prompt_length)
+            response += per_position * max(k.shape[2] - prompt_length, 0)
+        self.stats.bytes = {"prompt_kv": prompt, "response_kv": response, "response_features": 0, "prompt_features": 0}
+        self.stats.peak_bytes = max(self.stats.peak_bytes, self.stats.total_bytes)
+        heads = self.config.num_kv_heads * len(self._block.keys)
+        self.stats.kept_prompt_pairs = self.stats.prompt_pairs = heads * self._real_prompt_tokens
