@@ -168,6 +168,8 @@ def test_architectures():
     assert 0.015 < model.lm_head.weight.std().item() < 0.025
     again = build_random_model(architecture_config("llada-tiny"), seed=3)
     assert torch.equal(model.embed_tokens.weight, again.embed_tokens.weight)
+    assert torch.equal(model.lm_head.weight, again.lm_head.weight)
+    assert model.lm_head.weight.t().is_contiguous()  # column-major head on CPU fp32 (LMHead.store_column_major)
     with pytest.raises(ValueError, match="llada-mini"):
         architecture_config("llada-9b")
 

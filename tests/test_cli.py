@@ -22,7 +22,7 @@ def test_generate_help_documents_every_flag():
         assert flag in result.output
 
 
-@pytest.mark.parametrize("extra", [[], ["--chat"], ["--cache", "dllm"], ["--block-length", "4", "--threshold", "0.9"]])
+@pytest.mark.parametrize("extra", [[], ["--chat"], ["--cache", "dllm"], ["--cache", "fast-dual", "--block-length", "4"], ["--block-length", "4", "--threshold", "0.9"]])
 def test_generate_prints_an_answer(llada_dir, extra):
     args = ["generate", "--model", str(llada_dir), "--prompt", "The sky is", "--gen-length", "8", "--steps", "8"]
     result = CliRunner().invoke(main, args + extra)

@@ -46,9 +46,10 @@ def main() -> None:
 @click.option("--alg-temp", type=float, default=None, help="Dream: temperature of the position choice.")
 @click.option("--logits-eos-inf", is_flag=True, help="LLaDA: never propose EOS.")
 @click.option("--confidence-eos-eot-inf", is_flag=True, help="LLaDA: zero the confidence of EOS/EOT proposals.")
-@click.option("--cache", "cache_kind", type=click.Choice(["none", "dllm"]), default="none", show_default=True,
+@click.option("--cache", "cache_kind", type=click.Choice(["none", "dllm", "fast-prefix", "fast-dual"]), default="none",
+              show_default=True,
               help="none: full forward every step. dllm: dLLM-Cache with prompt-state exclusion and mask-only "
-                   "projection.")
+                   "projection. fast-prefix / fast-dual: Fast-dLLM's per-block prefix / dual KV cache.")
 @click.option("--prompt-interval", type=int, default=50, show_default=True,
               help="dLLM-Cache: recompute the prompt every N passes (-1: every pass).")
 @click.option("--response-interval", type=int, default=5, show_default=True,
@@ -77,7 +78,7 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
     """Generate an answer to one prompt and print it."""
     from . import generate as run_generate
     from . import load_model, load_tokenizer
-    from .cache import DLLMCache
+    from .cache import DLLMCache, FastDLLMCache
     from .presses import make_press
 
     if (prompt is None) == (prompt_file is None):
@@ -88,6 +89,8 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
         if cache_kind == "dllm":
             cache = DLLMCache(prompt_interval=prompt_interval, response_interval=response_interval,
                               transfer_ratio=transfer_ratio)
+        elif cache_kind.startswith("fast-"):
+            cache = FastDLLMCache(cache_kind.removeprefix("fast-"))
         press = None
         if press_name is not None:
             options = {"profile": profile_path} if profile_path else {}

@@ -93,6 +93,12 @@ def build_random_model(
         with torch.device("meta"):
             model = DiffusionTransformer(config)
         model = model.to(dtype=dtype).to_empty(device=device)  # allocated once, in its final dtype
+    if device.type == "cpu" and dtype == torch.float32 and model.lm_head.weight is not model.embed_tokens.weight:
+        # The column-major LM head (LMHead.store_column_major), allocated before filling: converting a filled
+        # head would briefly hold two copies, and the peak RSS of small configurations would be that.
+        vocab, hidden = model.lm_head.weight.shape
+        model.lm_head.weight = None
+        model.lm_head.weight = torch.nn.Parameter(torch.empty(hidden, vocab).t())
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for _, param in model.named_parameters():
@@ -100,5 +106,5 @@ def build_random_model(
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02, generator=generator)
-    model.use_fast_lm_head_layout()
+    model.use_fast_lm_head_layout()  # a no-op on CPU fp32 (done above); elsewhere it keeps the default layout
     return model.eval()

@@ -147,6 +147,8 @@ def load_model(
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     key_map = ADAPTERS["llada" if config.family == "llada" else "Dream"].checkpoint_keys(config)
+    # DiffusionTransformer.use_fast_lm_head_layout's condition, applied while loading (no second copy)
+    column_major_head = device.type == "cpu" and dtype == torch.float32 and not config.tie_word_embeddings
 
     with torch.device("meta"):
         model = DiffusionTransformer(config)
@@ -168,7 +170,9 @@ def load_model(
                         f"implies {expected}; the weights and config.json do not belong together"
                     )
                 tensor = tensor.to(device=device, dtype=dtype)
-                if tensor.data_ptr() % 64:  # a view into the mmapped file: give it its own aligned memory
+                if ours == "lm_head.weight" and column_major_head:  # one copy, straight into the fast layout
+                    tensor = tensor.t().contiguous().t()
+                elif tensor.data_ptr() % 64:  # a view into the mmapped file: give it its own aligned memory
                     tensor = tensor.clone()
                 _assign(model, ours, tensor)
                 found.add(name)
