@@ -25,7 +25,7 @@ PY
 python -m maskkv.bench \
   --arch llada-8b --device cuda --dtype bfloat16 \
   --lengths 1k,2k,4k,8k,16k,32k \
-  --systems vanilla,vanilla-ref,dllm-cache,dllm-cache-no-mop,maskkv,maskkv-offline \
+  --systems vanilla,vanilla-ref,dllm-cache,dllm-cache-no-mop,fast-dllm-prefix,maskkv,maskkv-offline \
   --gen-length 32 --steps 32 --block-length 32 --budget 256 \
   --vanilla-steps 3 --ref-steps 2 --repeats 1 --warmup 1 \
   --out "$OUT_DIR" 2>&1 | tee "$OUT_DIR/log.txt"
