@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import maskkv
 from maskkv.bench.architectures import ARCHITECTURES, architecture_config, build_random_model, parameter_count
+from maskkv.models.transformer import PackedLMHead
 from maskkv.bench.cli import parse_lengths
 from maskkv.bench.runner import BenchConfig, random_prompt, run_once
 from maskkv.bench.systems import DEFAULT_SYSTEMS, SYSTEMS, resolve_systems
@@ -163,13 +164,16 @@ def test_architectures():
     mini = architecture_config("llada-mini")
     assert mini.vocab_size == 126464 and mini.rope_theta == 5e5 and mini.rope_in_fp32 and not mini.logits_shift
     model = build_random_model(architecture_config("llada-tiny"), seed=3)
-    assert sum(p.numel() for p in model.parameters()) == parameter_count(model.config)
+    assert isinstance(model.lm_head, PackedLMHead)  # untied fp32 CPU head: packed, no dense parameter
+    head = model.lm_head.out_features * model.lm_head.in_features
+    assert sum(p.numel() for p in model.parameters()) + head == parameter_count(model.config)
     assert torch.equal(model.final_norm.weight, torch.ones_like(model.final_norm.weight))
     assert 0.015 < model.lm_head.weight.std().item() < 0.025
+    assert 0.015 < model.embed_tokens.weight.std().item() < 0.025
     again = build_random_model(architecture_config("llada-tiny"), seed=3)
     assert torch.equal(model.embed_tokens.weight, again.embed_tokens.weight)
     assert torch.equal(model.lm_head.weight, again.lm_head.weight)
-    assert model.lm_head.weight.t().is_contiguous()  # column-major head on CPU fp32 (LMHead.store_column_major)
+    assert torch.isfinite(model.inv_freq).all() and torch.equal(model.inv_freq, again.inv_freq)
     with pytest.raises(ValueError, match="llada-mini"):
         architecture_config("llada-9b")
 

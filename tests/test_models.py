@@ -219,31 +219,51 @@ def test_lm_head_logits_equals_linear_for_every_row_count(rows):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5, 12, 40])
-def test_column_major_lm_head_gives_the_same_logits(rows):
-    from maskkv.models.transformer import is_column_major, lm_head_logits
+def test_packed_lm_head_gives_the_same_logits(rows):
+    from maskkv.models.transformer import PackedLMHead
 
     gen = torch.Generator().manual_seed(rows)
     weight = torch.randn(1000, 32, generator=gen)
-    column_major = weight.t().contiguous().t()
-    assert is_column_major(column_major) and not is_column_major(weight)
+    head = PackedLMHead(weight)
     x = torch.randn(2, rows, 32, generator=gen)
-    got = lm_head_logits(x, column_major)
+    got = head(x)
     assert got.shape == (2, rows, 1000)
     torch.testing.assert_close(got, torch.nn.functional.linear(x, weight), rtol=0, atol=1e-5)
+    assert torch.equal(head.weight, weight) and not list(head.parameters())
+    import copy
+
+    torch.testing.assert_close(copy.deepcopy(head)(x), got, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="unpack_lm_head"):
+        head(x.double())
 
 
-def test_load_model_stores_an_untied_cpu_lm_head_column_major(tmp_path):
+def test_load_model_packs_an_untied_cpu_lm_head_and_keeps_the_state_dict(tmp_path):
     from importlib import resources
 
     from safetensors.torch import load_file
 
-    from maskkv.models.transformer import is_column_major
+    from maskkv.models.transformer import LMHead, PackedLMHead
 
     write_tiny_checkpoint(tmp_path, "llada", num_layers=1, hidden_size=32, num_heads=2, seed=3)
     model = load_model(tmp_path)
-    head = model.lm_head.weight
-    assert is_column_major(head) and head.shape == (model.config.vocab_size, 32)
-    assert torch.equal(head, load_file(tmp_path / "model.safetensors")["model.transformer.ff_out.weight"])
-    assert load_model(tmp_path, dtype=torch.bfloat16).lm_head.weight.is_contiguous()  # fp32 CPU only
+    stored = load_file(tmp_path / "model.safetensors")["model.transformer.ff_out.weight"]
+    assert isinstance(model.lm_head, PackedLMHead) and torch.equal(model.lm_head.weight, stored)
+    state = model.state_dict()
+    assert torch.equal(state["lm_head.weight"], stored)
+    ids = torch.randint(0, 200, (1, 9))
+    logits = model(ids).logits
+
+    other = load_model(tmp_path)
+    other.load_state_dict({**state, "lm_head.weight": 2 * stored})  # repacked from the dense weight
+    torch.testing.assert_close(other(ids).logits, 2 * logits, rtol=1e-5, atol=1e-5)
+    model.unpack_lm_head()
+    assert isinstance(model.lm_head, LMHead) and torch.equal(model.lm_head.weight, stored)
+    torch.testing.assert_close(model(ids).logits, logits, rtol=0, atol=1e-5)
+
+    assert isinstance(load_model(tmp_path, dtype=torch.bfloat16).lm_head, LMHead)  # fp32 CPU only
+    moved = load_model(tmp_path).to(torch.float64)  # leaving fp32 CPU unpacks the head first
+    assert isinstance(moved.lm_head, LMHead) and moved.lm_head.weight.dtype == torch.float64
+    torch.testing.assert_close(moved(ids).logits.float(), logits, rtol=1e-4, atol=1e-4)
+    assert isinstance(load_model(tmp_path).to("cpu").lm_head, PackedLMHead)
     tied = load_model(Path(str(resources.files("maskkv") / "assets" / "tiny-llada")))  # weight_tying: true
-    assert tied.lm_head.weight is tied.embed_tokens.weight and tied.lm_head.weight.is_contiguous()
+    assert isinstance(tied.lm_head, LMHead) and tied.lm_head.weight is tied.embed_tokens.weight

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..models.config import ModelConfig
-from ..models.transformer import DiffusionTransformer
+from ..models.transformer import DiffusionTransformer, PackedLMHead, can_pack_lm_head
 
 # LLaDA-8B-Instruct constants shared by every LLaDA-shaped architecture (models.md 2.2, 4.1).
 _LLADA_VOCAB = 126_464
@@ -83,28 +83,28 @@ def build_random_model(
 ) -> DiffusionTransformer:
     """A :class:`DiffusionTransformer` with seeded random weights, allocated once on ``device`` in ``dtype``.
 
-    Matrices (and embeddings) are drawn from ``normal(0, 0.02)``, norm weights are 1, in
-    ``named_parameters`` order from a generator seeded with ``seed`` on ``device``.
+    Matrices (and embeddings) are drawn from ``normal(0, 0.02)``, norm weights are 1, from a generator
+    seeded with ``seed`` on ``device``: an untied fp32 CPU LM head first (it becomes a
+    :class:`~maskkv.models.transformer.PackedLMHead` before the other weights exist, so its dense and
+    packed copies never add to the model's peak memory), then the rest in ``named_parameters`` order.
     """
     device = torch.device(device)
-    if device.type == "cpu" and dtype == torch.float32:
-        model = DiffusionTransformer(config)  # cheaper than meta here: no torch function mode on CPU
-    else:
-        with torch.device("meta"):
-            model = DiffusionTransformer(config)
-        model = model.to(dtype=dtype).to_empty(device=device)  # allocated once, in its final dtype
-    if device.type == "cpu" and dtype == torch.float32 and model.lm_head.weight is not model.embed_tokens.weight:
-        # The column-major LM head (LMHead.store_column_major), allocated before filling: converting a filled
-        # head would briefly hold two copies, and the peak RSS of small configurations would be that.
-        vocab, hidden = model.lm_head.weight.shape
-        model.lm_head.weight = None
-        model.lm_head.weight = torch.nn.Parameter(torch.empty(hidden, vocab).t())
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
+        head = None
+        if not config.tie_word_embeddings and can_pack_lm_head(torch.empty(0, dtype=dtype, device=device)):
+            dense = torch.empty(config.vocab_size, config.hidden_size, dtype=dtype, device=device)
+            head = PackedLMHead(dense.normal_(0.0, 0.02, generator=generator))
+            del dense
+        if device.type == "cpu" and dtype == torch.float32:
+            model = DiffusionTransformer(config, lm_head=head)  # no meta device here: it costs ~70 MiB of imports
+        else:
+            with torch.device("meta"):
+                model = DiffusionTransformer(config)
+            model = model.to(dtype=dtype).to_empty(device=device)  # allocated once, in its final dtype
         for _, param in model.named_parameters():
             if param.dim() == 1:
                 param.fill_(1.0)
             else:
                 param.normal_(0.0, 0.02, generator=generator)
-    model.use_fast_lm_head_layout()  # a no-op on CPU fp32 (done above); elsewhere it keeps the default layout
     return model.eval()

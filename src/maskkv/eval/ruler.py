@@ -30,7 +30,7 @@ import re
 import string
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -573,12 +573,14 @@ def run_ruler(run: RulerRun, ctx_factory: Any, *, overwrite: bool = False) -> di
     if run.chat and not run.handle.has_chat_template():
         raise EvalError(f"--chat was given but the tokenizer of {run.handle.path} has no chat template; "
                         "pass --no-chat")
+    # not asdict(run): it would deep-copy the model held by run.handle
+    skipped = ("handle", "gen", "tasks", "lengths", "num_samples")
+    options = {f.name: getattr(run, f.name) for f in fields(run) if f.name not in skipped}
     config = {
         "benchmark": "ruler",
         "model": run.handle.record(),
         "generation": run.gen.record(),
-        "ruler": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(run).items()
-                  if k not in ("handle", "gen", "tasks", "lengths", "num_samples")},
+        "ruler": {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
         "data": data_record,
     }
     ctx: RunContext = ctx_factory(config)

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from . import dream, llada
 from .config import ModelConfig
-from .transformer import DiffusionTransformer
+from .transformer import DiffusionTransformer, PackedLMHead, can_pack_lm_head
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +147,9 @@ def load_model(
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     key_map = ADAPTERS["llada" if config.family == "llada" else "Dream"].checkpoint_keys(config)
-    # DiffusionTransformer.use_fast_lm_head_layout's condition, applied while loading (no second copy)
-    column_major_head = device.type == "cpu" and dtype == torch.float32 and not config.tie_word_embeddings
+    # An untied fp32 CPU head is packed as it is read (DiffusionTransformer.use_fast_lm_head_layout), so the
+    # dense head never needs memory of its own beside the packed copy.
+    pack_head = not config.tie_word_embeddings and can_pack_lm_head(torch.empty(0, dtype=dtype, device=device))
 
     with torch.device("meta"):
         model = DiffusionTransformer(config)
@@ -170,9 +171,11 @@ def load_model(
                         f"implies {expected}; the weights and config.json do not belong together"
                     )
                 tensor = tensor.to(device=device, dtype=dtype)
-                if ours == "lm_head.weight" and column_major_head:  # one copy, straight into the fast layout
-                    tensor = tensor.t().contiguous().t()
-                elif tensor.data_ptr() % 64:  # a view into the mmapped file: give it its own aligned memory
+                if ours == "lm_head.weight" and pack_head:
+                    model.lm_head = PackedLMHead(tensor)
+                    found.add(name)
+                    continue
+                if tensor.data_ptr() % 64:  # a view into the mmapped file: give it its own aligned memory
                     tensor = tensor.clone()
                 _assign(model, ours, tensor)
                 found.add(name)

@@ -19,26 +19,20 @@ from torch import nn
 from .config import ModelConfig
 from .rope import apply_rotary, inverse_frequencies, rotary_cos_sin
 
-# Below this many rows, fp32 CPU logits against a row-major LM head are computed as ``W @ x^T``: MKL's
+# Below this many rows, fp32 CPU logits against a dense LM head are computed as ``W @ x^T``: MKL's
 # kernel for the usual ``x @ W^T`` orientation is 2-4x slower for 1-11 rows against a 126k-row head
-# (docs/performance.md). A column-major head (:meth:`LMHead.store_column_major`) needs no such trick.
+# (docs/performance.md). A packed head (:class:`PackedLMHead`) is faster still.
 SKINNY_LM_HEAD_ROWS = 11
-
-
-def is_column_major(weight: torch.Tensor) -> bool:
-    """True for a 2-D ``[V, d]`` tensor laid out as a contiguous ``[d, V]`` (its transpose is contiguous)."""
-    return weight.dim() == 2 and weight.shape[0] > 1 and weight.shape[1] > 1 and weight.t().is_contiguous()
 
 
 def lm_head_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ weight^T`` for ``x [..., d]`` and ``weight [V, d]``, in the faster GEMM orientation.
 
     The decode steps of a cached sampler project only the block's masked rows (32 -> 1), so on CPU the
-    LM head is a skinny GEMM. A column-major ``weight`` makes ``x @ weight^T`` a plain row-major GEMM,
-    the fastest form for every row count here. For a row-major ``weight`` and 1-11 rows it is computed
-    as ``weight @ x^T`` (with at least 2 columns: MKL's one-column path is a slow GEMV): the same dot
-    products, within fp32 rounding (<1e-6 here), and 2-4x faster than ``F.linear``. Elsewhere (CUDA,
-    bf16, many rows) it is ``F.linear``.
+    LM head is a skinny GEMM; for 1-11 rows it is computed as ``weight @ x^T`` (with at least 2 columns:
+    MKL's one-column path is a slow GEMV): the same dot products, within fp32 rounding (<1e-6 here), and
+    2-4x faster than ``F.linear``. Elsewhere (CUDA, bf16, many rows, a non-contiguous weight) it is
+    ``F.linear``.
     """
     rows = x.shape[:-1].numel()
     if (
@@ -61,19 +55,65 @@ class LMHead(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lm_head_logits(x, self.weight)
 
-    def store_column_major(self) -> None:
-        """Keep the same ``[V, d]`` weight (shape and values) in column-major memory.
 
-        On CPU in fp32 the skinny decode-step GEMM is then 15-20% faster on average over a 32-row
-        block than the best row-major orientation (docs/performance.md). The weight becomes a
-        transposed view, so ``weight.view(...)`` is not available; ``state_dict`` consumers that need
-        contiguous tensors (safetensors) call ``.contiguous()``. A tied head is left alone: the input
-        embedding's row lookups want rows contiguous.
-        """
-        weight = self.weight
-        if is_column_major(weight):
-            return
-        self.weight = nn.Parameter(weight.detach().t().contiguous().t(), requires_grad=weight.requires_grad)
+def can_pack_lm_head(weight: torch.Tensor) -> bool:
+    """Whether ``weight`` can become a :class:`PackedLMHead`: fp32 on CPU with oneDNN available."""
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+
+
+class PackedLMHead(nn.Module):
+    """An untied LM head kept only in oneDNN's pre-packed (blocked) weight layout, for fp32 CPU inference.
+
+    oneDNN's inner product on a pre-packed weight computes the skinny decode-step GEMM (``[rows <= 32, d]
+    x [d, V]``) about twice as fast as MKL's sgemm on a dense weight in either orientation
+    (docs/performance.md); the logits equal ``F.linear``'s within fp32 rounding (relative 1e-6). The
+    dense weight is not kept, so the model's memory does not grow: :attr:`weight` rebuilds it (a copy),
+    and ``state_dict`` / ``load_state_dict`` use the dense ``weight`` under the usual key, so state
+    dicts and checkpoints are unchanged. No autograd. CPU and fp32 only: moving a
+    :class:`DiffusionTransformer` to another device or dtype unpacks its head first (or call
+    :meth:`DiffusionTransformer.unpack_lm_head`).
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        if not can_pack_lm_head(weight) or weight.dim() != 2:
+            raise ValueError(
+                f"PackedLMHead needs a 2-D fp32 CPU weight and a torch build with oneDNN; got {tuple(weight.shape)} "
+                f"{weight.dtype} on {weight.device}"
+            )
+        self.out_features, self.in_features = weight.shape
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
+        self.register_state_dict_post_hook(_dense_head_weight)
+        self.register_load_state_dict_pre_hook(_repack_head_weight)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense ``[V, d]`` weight, rebuilt from the packed one (a copy: not for hot paths)."""
+        return self.packed.to_dense()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32:
+            raise ValueError(
+                f"the packed LM head computes fp32 CPU logits, got {x.dtype} on {x.device}; "
+                "call model.unpack_lm_head() before moving the model to another device or dtype"
+            )
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, oneDNN packed"
+
+    def __deepcopy__(self, memo: dict) -> PackedLMHead:  # oneDNN's opaque tensors cannot be deep-copied
+        return PackedLMHead(self.weight)
+
+
+def _dense_head_weight(module: PackedLMHead, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    state_dict[prefix + "weight"] = module.weight
+
+
+def _repack_head_weight(module: PackedLMHead, state_dict: dict, prefix: str, *args: object) -> None:
+    weight = state_dict.pop(prefix + "weight", None)
+    if weight is not None:
+        module.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().float().cpu(), None)
 
 
 class RMSNorm(nn.Module):
@@ -161,19 +201,29 @@ class ModelOutput:
 class DiffusionTransformer(nn.Module):
     """A masked-diffusion LM (LLaDA or Dream) built from a :class:`ModelConfig`."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, lm_head: PackedLMHead | None = None) -> None:
+        """``lm_head``: an already built (packed) untied head to use instead of allocating a dense one."""
         super().__init__()
+        if lm_head is not None and (config.tie_word_embeddings or lm_head.out_features != config.vocab_size):
+            raise ValueError(
+                f"lm_head {lm_head.extra_repr()!r} does not fit the config (vocab_size {config.vocab_size}, "
+                f"tie_word_embeddings {config.tie_word_embeddings}); a given head must be untied and [vocab, d]"
+            )
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
         self.final_norm = RMSNorm(config.hidden_size, config.norm_eps)
-        self.lm_head = LMHead(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = lm_head if lm_head is not None else LMHead(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         # Not a buffer: never saved, and rebuilt when the model moves (see ``_apply``).
         self.inv_freq = inverse_frequencies(config.head_dim, config.effective_rope_theta)
 
     def _apply(self, fn, recurse: bool = True):  # keep inv_freq on the model's device, fp32
+        if isinstance(self.lm_head, PackedLMHead):  # .to(cuda / bf16 / ...): the packed layout is fp32 CPU only
+            probe = fn(torch.empty(0))
+            if probe.device.type != "cpu" or probe.dtype != torch.float32:
+                self.unpack_lm_head()
         super()._apply(fn, recurse)
         device = self.embed_tokens.weight.device
         if device.type != "meta":
@@ -246,15 +296,21 @@ class DiffusionTransformer(nn.Module):
         return x
 
     def use_fast_lm_head_layout(self) -> None:
-        """Store an untied fp32 CPU LM head column-major (:meth:`LMHead.store_column_major`); else no-op.
+        """Make an untied fp32 CPU LM head a :class:`PackedLMHead` (2x faster decode-step logits); else no-op.
 
         :func:`~maskkv.load_model` and the benchmark's random models call this; the logits are the
-        same within fp32 rounding.
+        same within fp32 rounding. :meth:`unpack_lm_head` undoes it.
         """
-        weight = self.lm_head.weight
-        tied = weight is self.embed_tokens.weight
-        if not tied and weight.device.type == "cpu" and weight.dtype == torch.float32:
-            self.lm_head.store_column_major()
+        head = self.lm_head
+        if isinstance(head, LMHead) and head.weight is not self.embed_tokens.weight and can_pack_lm_head(head.weight):
+            self.lm_head = PackedLMHead(head.weight)
+
+    def unpack_lm_head(self) -> None:
+        """Give a :class:`PackedLMHead` back its dense weight (an :class:`LMHead`), e.g. before ``.to("cuda")``."""
+        if isinstance(self.lm_head, PackedLMHead):
+            head = LMHead(self.lm_head.in_features, self.lm_head.out_features, bias=False, device="meta")
+            head.weight = nn.Parameter(self.lm_head.weight, requires_grad=False)
+            self.lm_head = head
 
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head on the given rows ``[..., d]`` -> ``[..., V]``."""
