@@ -143,3 +143,15 @@ def test_killed_synthetic_run_resumes_to_the_same_files(llada_dir, tmp_path):
     result = json.loads((a / "result.json").read_text())
     assert set(result["scores"]) == {"niah_single_1", "vt"} and result["details"]["vt-700"]["samples"] == 10
     assert result["config"]["data"]["words"]["source"] == "builtin"
+
+
+def test_fast_dllm_cache_in_an_eval_run(llada_dir, tmp_path):
+    args = ["eval", "ruler", "--model", str(llada_dir), "--tasks", "niah_single_1", "--lengths", "600",
+            "--num-samples", "2", "--gen-length", "8", "--words", "builtin", "--run-name", "run", "--no-progress"]
+    result = CliRunner().invoke(main, [*args, "--cache", "fast-dual", "--out", str(tmp_path / "fast")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "fast" / "run" / "run_config.json").read_text())
+    assert record["config"]["generation"]["cache_repr"] == "FastDLLMCache(mode='dual')"
+    result = CliRunner().invoke(main, [*args, "--cache", "fast-prefix", "--press", "snapkv", "--budget", "16",
+                                       "--out", str(tmp_path / "bad")])
+    assert result.exit_code != 0 and "does not evict" in result.output

@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 
 from .common import (
+    CACHE_KINDS,
     DistInfo,
     EvalError,
     GenerationConfig,
@@ -85,8 +86,9 @@ def generation_options(*, block_length: int = 8, gen_length_help: str = "Overrid
                          help="Semi-autoregressive block length (gen lengths are rounded up to a multiple)."),
             click.option("--temperature", type=float, default=0.0, show_default=True),
             click.option("--remasking", default="low_confidence", show_default=True),
-            click.option("--cache", "cache_kind", type=click.Choice(["dllm", "none"]), default="dllm",
-                         show_default=True, help="dLLM-Cache (the paper's setting) or a full forward every step."),
+            click.option("--cache", "cache_kind", type=click.Choice(list(CACHE_KINDS)), default="dllm",
+                         show_default=True, help="dLLM-Cache (the paper's setting), none (a full forward every "
+                                                 "step), or Fast-dLLM's fast-prefix / fast-dual KV cache (no press)."),
             click.option("--prompt-interval", type=int, default=50, show_default=True),
             click.option("--response-interval", type=int, default=5, show_default=True),
             click.option("--transfer-ratio", type=float, default=0.25, show_default=True),

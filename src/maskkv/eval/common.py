@@ -376,6 +376,9 @@ def wait_for_keys(pred_dir: Path, task: str, expected: set[str], expected_hash: 
 # --------------------------------------------------------------------------------------------------------
 # generation
 
+# dLLM-Cache (the paper's setting), a full forward every step, or Fast-dLLM's prefix / dual cache
+CACHE_KINDS = ("dllm", "none", "fast-prefix", "fast-dual")
+
 
 @dataclass(frozen=True)
 class GenerationConfig:
@@ -401,8 +404,10 @@ class GenerationConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        if self.cache not in ("dllm", "none"):
-            raise EvalError(f"cache={self.cache!r}: use 'dllm' or 'none'")
+        if self.cache not in CACHE_KINDS:
+            raise EvalError(f"cache={self.cache!r}: use one of {', '.join(CACHE_KINDS)}")
+        if self.press is not None and self.cache.startswith("fast-"):
+            raise EvalError(f"--cache {self.cache} (Fast-dLLM) does not evict; use --cache dllm with --press {self.press}")
         if self.block_length < 1:
             raise EvalError(f"block_length={self.block_length} must be >= 1")
         if self.steps is not None and self.steps < 1:
@@ -441,7 +446,10 @@ class GenerationConfig:
     def make_cache(self) -> Any:
         if self.cache == "none":
             return None
-        from ..cache import DLLMCache
+        from ..cache import DLLMCache, FastDLLMCache
+
+        if self.cache.startswith("fast-"):
+            return FastDLLMCache(self.cache.removeprefix("fast-"))
 
         return DLLMCache(prompt_interval=self.prompt_interval, response_interval=self.response_interval,
                          transfer_ratio=self.transfer_ratio)
