@@ -100,7 +100,9 @@ def summarize(prof, vocab_size: int, passes: int) -> None:
         self_us = event.self_cpu_time_total
         total += self_us
         shapes = event.input_shapes or []
-        if event.name in ("aten::mm", "aten::addmm", "aten::bmm"):
+        if event.name == "mkldnn::_linear_pointwise":  # the packed LM head (PackedLMHead)
+            kind = "LM head GEMM"
+        elif event.name in ("aten::mm", "aten::addmm", "aten::bmm"):
             kind = "LM head GEMM" if any(vocab_size in shape for shape in shapes if shape) else "trunk GEMMs"
         elif "scaled_dot_product" in event.name:
             kind = "attention (SDPA)"
