@@ -147,8 +147,8 @@ def load_model(
     if dtype is None:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     key_map = ADAPTERS["llada" if config.family == "llada" else "Dream"].checkpoint_keys(config)
-    # An untied fp32 CPU head is packed as it is read (DiffusionTransformer.use_fast_lm_head_layout), so the
-    # dense head never needs memory of its own beside the packed copy.
+    # An untied fp32 CPU head becomes a PackedLMHead as it is read, so the dense head never needs memory of
+    # its own beside the packed copy.
     pack_head = not config.tie_word_embeddings and can_pack_lm_head(torch.empty(0, dtype=dtype, device=device))
 
     with torch.device("meta"):
@@ -198,7 +198,6 @@ def load_model(
     for layer in model.layers:
         layer.config = model.config
     model.to(device)  # rebuilds the fp32 RoPE frequencies on the device
-    model.use_fast_lm_head_layout()
     return model.eval().requires_grad_(False)
 
 

@@ -31,16 +31,10 @@ def lm_head_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     The decode steps of a cached sampler project only the block's masked rows (32 -> 1), so on CPU the
     LM head is a skinny GEMM; for 1-11 rows it is computed as ``weight @ x^T`` (with at least 2 columns:
     MKL's one-column path is a slow GEMV): the same dot products, within fp32 rounding (<1e-6 here), and
-    2-4x faster than ``F.linear``. Elsewhere (CUDA, bf16, many rows, a non-contiguous weight) it is
-    ``F.linear``.
+    2-4x faster than ``F.linear``. Elsewhere (CUDA, bf16, many rows) it is ``F.linear``.
     """
     rows = x.shape[:-1].numel()
-    if (
-        x.device.type != "cpu"
-        or x.dtype != torch.float32
-        or not 0 < rows <= SKINNY_LM_HEAD_ROWS
-        or not weight.is_contiguous()
-    ):
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not 0 < rows <= SKINNY_LM_HEAD_ROWS:
         return F.linear(x, weight)
     flat = x.reshape(rows, x.shape[-1])
     if rows == 1:
@@ -294,16 +288,6 @@ class DiffusionTransformer(nn.Module):
             x = x + attn
             x = x + layer.mlp(x)
         return x
-
-    def use_fast_lm_head_layout(self) -> None:
-        """Make an untied fp32 CPU LM head a :class:`PackedLMHead` (2x faster decode-step logits); else no-op.
-
-        :func:`~maskkv.load_model` and the benchmark's random models call this; the logits are the
-        same within fp32 rounding. :meth:`unpack_lm_head` undoes it.
-        """
-        head = self.lm_head
-        if isinstance(head, LMHead) and head.weight is not self.embed_tokens.weight and can_pack_lm_head(head.weight):
-            self.lm_head = PackedLMHead(head.weight)
 
     def unpack_lm_head(self) -> None:
         """Give a :class:`PackedLMHead` back its dense weight (an :class:`LMHead`), e.g. before ``.to("cuda")``."""
