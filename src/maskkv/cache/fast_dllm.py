@@ -75,12 +75,15 @@ class FastPassRecord:
 
 @dataclass
 class _BlockState:
-    """The frozen K/V of the current block, per layer ``[B, Hkv, S, hd]`` after RoPE."""
+    """The current block's K/V, per layer ``[B, Hkv, L, hd]`` after RoPE, for every canvas position.
+
+    Frozen: positions before ``start`` (prefix), or every position outside the rows a pass recomputes
+    (dual). Each block pass writes its recomputed rows' fresh K/V in place, so no pass concatenates.
+    """
 
     index: int
     start: int  # first canvas position of the block
-    end: int  # one past its last position
-    keys: list[torch.Tensor] = field(default_factory=list)  # prefix: positions < start; dual: every position
+    keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -130,13 +133,13 @@ class FastDLLMDenoiser:
             self._start(input_ids, attention_mask)
         shift = 1 if self.config.logits_shift else 0
         if self._block is None or self._block.index != index:
-            hidden, offset = self._full_pass(input_ids, index, start, end), 0
+            hidden, offset = self._full_pass(input_ids, index, start), 0
             self.passes.append(FastPassRecord(self.step, True, length, index))
         else:
             query_end = length if self.policy.mode == "prefix" else end
             hidden, offset = self._block_pass(input_ids, start - shift, query_end), start - shift
             self.passes.append(FastPassRecord(self.step, False, query_end - start + shift, index))
-        self._observe(p)
+        self._observe()
         rows = positions - shift if shift else positions
         return self.model.project(hidden[:, rows - offset])
 
@@ -151,10 +154,10 @@ class FastDLLMDenoiser:
         if self._bias is not None and self.config.pad_queries_masked:
             self._pad_rows = ~attention_mask.to(torch.bool)[:, :, None]
 
-    def _full_pass(self, input_ids: torch.Tensor, index: int, start: int, end: int) -> torch.Tensor:
-        """Every row, exactly the uncached forward; freezes the K/V this block's passes will reuse."""
+    def _full_pass(self, input_ids: torch.Tensor, index: int, start: int) -> torch.Tensor:
+        """Every row, exactly the uncached forward; keeps the K/V this block's passes will reuse."""
         cos, sin = self._cos_sin
-        block = _BlockState(index, start, end)
+        block = _BlockState(index, start)
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             q, k, v = layer.qkv(x, cos, sin)
@@ -163,8 +166,6 @@ class FastDLLMDenoiser:
                 attn = attn.masked_fill(self._pad_rows, 0.0)
             x = x + attn
             x = x + layer.mlp(x)
-            if self.policy.mode == "prefix":  # copies: a slice would keep the whole canvas's K/V alive
-                k, v = k[:, :, :start].clone(), v[:, :, :start].clone()
             block.keys.append(k)
             block.values.append(v)
         self._block = block
@@ -179,24 +180,25 @@ class FastDLLMDenoiser:
         x = self.model.embed_tokens(input_ids[:, rows])
         for layer, k_frozen, v_frozen in zip(self.model.layers, block.keys, block.values):
             q, k, v = layer.qkv(x, cos[:, rows], sin[:, rows])
-            k, v = k[:, :, fresh:], v[:, :, fresh:]
-            if self.policy.mode == "prefix":
-                keys, values = torch.cat([k_frozen, k], dim=2), torch.cat([v_frozen, v], dim=2)
-            else:  # dual: the block's fresh K/V replace their frozen entries in place
-                k_frozen[:, :, block.start : query_end].copy_(k)
-                v_frozen[:, :, block.start : query_end].copy_(v)
-                keys, values = k_frozen, v_frozen
-            x = x + layer.attend(q, keys, values, self._bias)
+            k_frozen[:, :, block.start : query_end].copy_(k[:, :, fresh:])  # recomputed rows: fresh K/V in place
+            v_frozen[:, :, block.start : query_end].copy_(v[:, :, fresh:])
+            x = x + layer.attend(q, k_frozen, v_frozen, self._bias)
             x = x + layer.mlp(x)
         return x
 
-    def _observe(self, prompt_length: int) -> None:
-        """Cache bytes: frozen K/V of prompt positions (``prompt_kv``) and of generated ones (``response_kv``)."""
+    def _observe(self) -> None:
+        """Cache bytes of the frozen K/V: prompt positions (``prompt_kv``) and generated ones (``response_kv``).
+
+        Prefix: the positions before the block (the rest of the buffer is recomputed every pass, like
+        activations); dual: every position.
+        """
+        p, block = self.prompt_length, self._block
         prompt = response = 0
-        for k, v in zip(self._block.keys, self._block.values):
+        for k, v in zip(block.keys, block.values):
+            frozen = block.start if self.policy.mode == "prefix" else k.shape[2]
             per_position = (k.numel() + v.numel()) // k.shape[2] * k.element_size()
-            prompt += per_position * min(k.shape[2], prompt_length)
-            response += per_position * max(k.shape[2] - prompt_length, 0)
+            prompt += per_position * min(frozen, p)
+            response += per_position * max(frozen - p, 0)
         self.stats.bytes = {"prompt_kv": prompt, "response_kv": response, "response_features": 0, "prompt_features": 0}
         self.stats.peak_bytes = max(self.stats.peak_bytes, self.stats.total_bytes)
         heads = self.config.num_kv_heads * len(self._block.keys)
