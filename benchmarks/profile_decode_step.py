@@ -8,6 +8,7 @@ the end of the call, so the sampler's own work between passes is included. Each 
     python benchmarks/profile_decode_step.py                      # torch.profiler, top ops by self time
     python benchmarks/profile_decode_step.py --tool cprofile      # Python-level view
     python benchmarks/profile_decode_step.py --system dllm-cache --prompt 512
+    python benchmarks/profile_decode_step.py --threads 1          # as `maskkv bench --threads 1`
 """
 
 from __future__ import annotations
@@ -52,7 +53,10 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=256)
     parser.add_argument("--tool", choices=("torch", "cprofile"), default="torch")
     parser.add_argument("--top", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
 
     config = BenchConfig(system=args.system, prompt_length=args.prompt, gen_length=args.gen_length, steps=args.steps,

@@ -9,7 +9,15 @@ import torch
 
 from maskkv.models.config import ModelConfig
 from maskkv.sampling import GenerationOutput, generate
-from maskkv.sampling.confidence import add_gumbel_noise, llada_propose, sample_tokens, top_k_logits, top_p_logits
+from maskkv.sampling.confidence import (
+    ARGMAX_CHUNK,
+    add_gumbel_noise,
+    first_argmax,
+    llada_propose,
+    sample_tokens,
+    top_k_logits,
+    top_p_logits,
+)
 from maskkv.sampling.schedules import (
     dream_num_transfer_tokens,
     dream_timesteps,
@@ -21,6 +29,31 @@ from maskkv.sampling.schedules import (
 NEG_INF = float("-inf")
 VOCAB = 16
 MASK, EOT, EOS = 15, 14, 13
+
+
+@pytest.mark.parametrize("width", [ARGMAX_CHUNK * 2, ARGMAX_CHUNK * 5 + 37, 126464, 100])
+@pytest.mark.parametrize("kind", ["normal", "ties", "max_in_tail", "all_inf", "nan", "non_contiguous"])
+def test_first_argmax_equals_torch_argmax(width: int, kind: str) -> None:
+    generator = torch.Generator().manual_seed(width)
+    x = torch.randn(2, 3, width, generator=generator)
+    if kind == "ties":  # many equal maxima across chunks: the first one must win
+        x = torch.randint(0, 3, (2, 3, width), generator=generator).float()
+    elif kind == "max_in_tail":
+        x[..., -1] = 10.0
+        x[0, 0, 5] = 10.0  # an equal maximum earlier in row (0, 0) wins over the tail
+    elif kind == "all_inf":
+        x[1] = NEG_INF
+    elif kind == "nan":
+        x[0, 2, width // 2] = float("nan")
+    elif kind == "non_contiguous":
+        x = torch.randn(2, width, 3, generator=generator).transpose(1, 2)
+    assert torch.equal(first_argmax(x), torch.argmax(x, dim=-1))
+
+
+def test_first_argmax_keeps_float64_and_2d_inputs() -> None:
+    x = torch.randn(5, ARGMAX_CHUNK * 3 + 1, dtype=torch.float64)
+    x[:, 17] = x.amax() + 1  # the maximum in the first chunk of every row
+    assert first_argmax(x).tolist() == [17] * 5
 
 
 class StubModel:

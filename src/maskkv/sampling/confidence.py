@@ -14,6 +14,38 @@ import torch.nn.functional as F
 
 LLADA_REMASKING = ("low_confidence", "random")
 SOFTMAX_DTYPES = ("logits", "float64")
+ARGMAX_CHUNK = 1024  # vocabulary columns per chunk of :func:`first_argmax`
+
+
+def first_argmax(x: torch.Tensor) -> torch.Tensor:
+    """``torch.argmax(x, dim=-1)`` (index of the first maximum), fast for wide rows on CPU.
+
+    On CPU, ``argmax`` over a 126k vocabulary runs about 20x slower than ``amax`` (1.7 vs 0.09 ms for
+    16 rows, one thread), which made it the largest item of the sampler's per-step time. Here the
+    maximum comes from ``amax`` over chunks of :data:`ARGMAX_CHUNK` columns, then ``argmax`` runs only
+    inside the first chunk that holds it: the same index as ``torch.argmax``, ties and ``-inf``
+    included. Other devices, narrow rows and rows with NaN use ``torch.argmax``.
+    """
+    width = x.shape[-1]
+    chunks = width // ARGMAX_CHUNK
+    if x.device.type != "cpu" or chunks < 2 or not x.is_floating_point() or x.stride(-1) != 1:
+        return torch.argmax(x, dim=-1)
+    body = x[..., : chunks * ARGMAX_CHUNK].unflatten(-1, (chunks, ARGMAX_CHUNK))
+    chunk_max = body.amax(dim=-1)  # [..., chunks]
+    best = chunk_max.amax(dim=-1, keepdim=True)
+    tail = x[..., chunks * ARGMAX_CHUNK :]
+    if tail.shape[-1]:
+        best = torch.maximum(best, tail.amax(dim=-1, keepdim=True))
+    if bool(torch.isnan(best).any()):  # argmax's NaN semantics: the first NaN wins
+        return torch.argmax(x, dim=-1)
+    in_body = (chunk_max == best).any(dim=-1)  # else the first maximum is in the tail
+    chunk = torch.argmax(chunk_max, dim=-1)  # the first chunk holding the body's maximum
+    index = chunk[..., None, None].expand(*chunk.shape, 1, ARGMAX_CHUNK)
+    inside = torch.argmax(body.gather(-2, index).squeeze(-2), dim=-1)
+    found = chunk * ARGMAX_CHUNK + inside
+    if tail.shape[-1]:
+        found = torch.where(in_body, found, chunks * ARGMAX_CHUNK + torch.argmax(tail, dim=-1))
+    return found
 
 
 def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -71,7 +103,7 @@ def llada_propose(
     if logits_eos_inf:
         logits[:, :, eos_token_id] = -torch.inf
     scored = add_gumbel_noise(logits, temperature)
-    x0 = torch.argmax(scored, dim=-1)  # [B, C]; first maximum wins
+    x0 = first_argmax(scored)  # [B, C]; first maximum wins (= torch.argmax)
     if confidence_eos_eot_inf:
         # The reference's chained assignment: EOS into the (maybe aliased) scores, then EOT into the logits.
         scored[:, :, eos_token_id] = -torch.inf
@@ -146,8 +178,9 @@ def sample_tokens(
             confidence = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
         except Exception:  # the reference's fallback (e.g. NaN probabilities)
             confidence, tokens = probs.max(dim=-1)
-    else:
-        confidence, tokens = probs.max(dim=-1)
+    else:  # probs.max(dim=-1): the first maximum and its value
+        tokens = first_argmax(probs)
+        confidence = torch.gather(probs, -1, tokens.unsqueeze(-1)).squeeze(-1)
 
     if margin_confidence:
         sorted_probs, _ = torch.sort(probs, dim=-1, descending=True)
