@@ -94,11 +94,10 @@ def test_maskkv_cache_bytes_equal_the_analytic_value(quick):
         assert cache["prompt_pairs"] == layers * heads * p
         logical = layers * heads * budget * hd * 2 * e  # sum over layers/heads of kept pairs * hd * (K, V) * bytes
         assert row["prompt_kv_logical_bytes"] == logical
-        # storage: a layer's heads share one buffer padded to its largest head budget
-        slots = row["prompt_slots_per_layer"]
-        assert slots == [max(layer) for layer in kept]
-        padding = sum(s * len(layer) - sum(layer) for s, layer in zip(slots, kept)) * hd * 2 * e
-        assert cache["prompt_kv"] == logical + padding == logical + row["prompt_kv_padding_bytes"]
+        # storage: exactly the kept pairs (equal heads share one buffer, unequal ones are flattened: D10 b)
+        assert row["prompt_slots_per_layer"] == [max(layer) for layer in kept]
+        assert row["stored_prompt_pairs_per_layer"] == [sum(layer) for layer in kept]
+        assert cache["prompt_kv"] == logical and row["prompt_kv_padding_bytes"] == 0
         assert cache["response_kv"] == layers * g * 2 * heads * hd * e
         assert cache["response_features"] == layers * g * 2 * d * e
         assert cache["prompt_features"] == 0

@@ -179,7 +179,10 @@ def test_kept_prompt_kv_is_the_topk_of_the_scores_per_head(model, press):
         # the kept keys are the full keys at those positions (post-RoPE: true positions kept)
         full_k = full.layers[layer].k[:, :, :p]
         gathered = full_k.gather(2, indices[..., None].expand(-1, -1, -1, full_k.shape[-1]))
-        torch.testing.assert_close(cache.k[:, :, : cache.prompt_slots][valid], gathered[valid])
+        kept_k, _, kept_valid = cache.prompt_kv()  # dense slots, or the flattened pairs padded (D10 b)
+        if kept_valid is not None:
+            assert torch.equal(kept_valid.expand_as(valid), valid)
+        torch.testing.assert_close(kept_k[valid], gathered[valid])
         assert cache.resp_k.shape[2] == gen  # response K/V never evicted
 
 
@@ -213,7 +216,8 @@ def test_padded_batch_never_keeps_pad_positions(model):
         denoiser.logits_at(x, full_mask, torch.arange(30, 38))
         for cache in denoiser.layers:
             kept = cache.prompt_positions.long()
-            valid = torch.ones_like(kept, dtype=torch.bool) if cache.prompt_valid is None else cache.prompt_valid
+            slot_valid = cache.prompt_kv()[2]
+            valid = torch.ones_like(kept, dtype=torch.bool) if slot_valid is None else slot_valid.expand_as(kept)
             assert bool((kept[1][valid[1]] >= 12).all()), type(press).__name__
     out = maskkv.generate(model, prompt, attention_mask=mask, gen_length=8, steps=8, block_length=4,
                           cache=DLLMCache(), press=MaskKVPress(budget=6))

@@ -172,27 +172,35 @@ def calibrate_random_profile(model: Any, config: BenchConfig, folder: str) -> st
 
 
 def _press_layout(denoiser: Any) -> dict[str, Any]:
-    """Per-layer prompt storage after eviction: slots per layer and kept pairs per (batch, head)."""
+    """Per-layer prompt storage after eviction: slots per head (the largest head's count for ragged
+    layers), stored prompt pairs (over batch and heads: padded slots included) and kept pairs per
+    (batch, head)."""
     if denoiser is None:
         return {}
-    slots = [layer.prompt_slots for layer in denoiser.layers]
-    kept = []
+    slots, stored, kept = [], [], []
     for layer in denoiser.layers:
         b, heads = layer.k.shape[:2]
+        if layer.ragged is not None:
+            slots.append(layer.ragged.width)
+            stored.append(layer.ragged.k.shape[0])
+            kept.append(layer.ragged.counts.tolist())
+            continue
+        slots.append(layer.prompt_slots)
+        stored.append(b * heads * layer.prompt_slots)
         valid = layer.prompt_valid
         if valid is None:
             kept.append([[layer.prompt_slots] * heads for _ in range(b)])
         else:
             kept.append(valid.expand(b, heads, layer.prompt_slots).sum(-1).tolist())
-    return {"prompt_slots_per_layer": slots, "kept_pairs_per_layer": kept}
+    return {"prompt_slots_per_layer": slots, "stored_prompt_pairs_per_layer": stored, "kept_pairs_per_layer": kept}
 
 
 def analytic_cache_bytes(model_config: ModelConfig, config: BenchConfig, layout: dict[str, Any],
                          element_size: int) -> dict[str, int] | None:  # fmt: skip
     """Cache bytes by kind predicted from the shapes (``dllm_cache.md`` 8), or None without a cache.
 
-    Prompt K/V: the stored slots (all ``P`` prompt tokens, or per layer the largest head budget after
-    eviction, since a layer's heads share one padded buffer) * Hkv * head_dim * 2 (K and V).
+    Prompt K/V: the stored pairs (all ``P`` prompt tokens x Hkv x batch; after eviction the kept pairs,
+    or Hkv x the largest head budget where a layer's heads share one padded buffer) * head_dim * 2 (K and V).
     Response K/V: layers * G * 2 * d_kv. Response features: layers * G * 2 * d. Prompt features
     (no prompt-state exclusion): layers * P * 2 * d. All times batch and bytes per element.
     """
@@ -209,9 +217,9 @@ def analytic_cache_bytes(model_config: ModelConfig, config: BenchConfig, layout:
     if system.cache is None:
         return None
     policy = DLLMCache(**system.cache)
-    slots = layout.get("prompt_slots_per_layer") or [p] * layers
+    stored = layout.get("stored_prompt_pairs_per_layer") or [p * c.num_kv_heads * b] * layers
     out = {
-        "prompt_kv": sum(slots) * c.num_kv_heads * c.head_dim * 2 * b * e,
+        "prompt_kv": sum(stored) * c.head_dim * 2 * e,
         "response_kv": layers * g * 2 * d_kv * b * e,
         "response_features": layers * g * 2 * c.hidden_size * b * e,
         "prompt_features": 0 if policy.prompt_state_exclusion else layers * p * 2 * c.hidden_size * b * e,

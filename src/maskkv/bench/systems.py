@@ -17,6 +17,8 @@ Every system is one way to run the same LLaDA/Dream sampler (``maskkv.sampling.g
   full prompt K/V held until the first pass ends).
 - ``maskkv-offline``: MaskKV with a layer profile (``--profile``, or one calibrated on a seeded random
   prompt before timing), so each layer is evicted as soon as its attention ran (Table 5's offline row).
+- ``maskkv-padded``: MaskKV with every KV head of a layer padded to the layer's largest budget
+  (``DLLMCache(ragged_storage=False)``, MaskKV D10 a) instead of the flattened storage (D10 b).
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ SYSTEMS: dict[str, System] = {
         System("maskkv-offline", "MaskKV (offline profile)", cache={}, press="maskkv", offline=True,
                description="MaskKV with an offline layer profile: --profile, or one calibrated on a random "
                            "prompt before timing"),
+        System("maskkv-padded", "MaskKV (padded heads)", cache={"ragged_storage": False}, press="maskkv",
+               description="MaskKV on DLLMCache(ragged_storage=False): heads padded to the layer's largest budget"),
     )
 }  # fmt: skip
 

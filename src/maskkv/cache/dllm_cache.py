@@ -47,6 +47,10 @@ class DLLMCache:
     refresh_all_values: bool = True
         V-verify replaces every cached response V but only the chosen rows' K, exactly like
         dLLM-Cache. False refreshes K and V of the chosen rows only.
+    ragged_storage: bool = True
+        After eviction, store a layer whose KV heads keep different counts flattened (MaskKV D10 b:
+        exactly the kept pairs; attention pads them transiently, or packs them for a varlen kernel on
+        CUDA). False pads every head to the layer's largest budget (D10 a). The tokens are the same.
     """
 
     prompt_interval: int = 50
@@ -56,6 +60,7 @@ class DLLMCache:
     mask_only_projection: bool = True
     layer0_response_refresh: bool = True
     refresh_all_values: bool = True
+    ragged_storage: bool = True
 
     def __post_init__(self) -> None:
         for name in ("prompt_interval", "response_interval"):

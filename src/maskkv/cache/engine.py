@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from ..presses.base import KeepSet, LayerContext
-from .state import CacheStats, LayerCache
+from .state import CacheStats, LayerCache, RaggedPrompt
+from .varlen import ragged_attention, varlen_available
 
 if TYPE_CHECKING:
     from ..models.transformer import DecoderBlock, DiffusionTransformer
@@ -210,14 +211,31 @@ class CachedDenoiser:
         )  # fmt: skip
 
     def _evict(self, cache: LayerCache, keep: KeepSet) -> None:
-        """Keep only ``keep``'s prompt positions per KV head; the full prompt K/V are released."""
+        """Keep only ``keep``'s prompt positions per KV head; the full prompt K/V are released.
+
+        Heads with equal counts share one dense buffer; unequal counts are stored flattened
+        (:class:`RaggedPrompt`, MaskKV D10 b) unless the policy asks for padding (D10 a).
+        """
         index = keep.indices[..., None].expand(-1, -1, -1, cache.k.shape[-1])
         k_kept = cache.k[:, :, : cache.prompt_slots].gather(2, index)
         v_kept = cache.v[:, :, : cache.prompt_slots].gather(2, index)
         valid = None if bool(keep.valid.all()) else keep.valid
-        cache.replace_prompt(k_kept, v_kept, valid)
+        if valid is not None and self.policy.ragged_storage:
+            cache.store_ragged(RaggedPrompt.from_padded(k_kept, v_kept, valid))
+        else:
+            cache.replace_prompt(k_kept, v_kept, valid)
         cache.prompt_positions = keep.indices.to(torch.int32)
         cache.attn_mask = self._mask_for(cache)
+
+    def _attend(self, layer: DecoderBlock, q: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """``layer.attend`` over the cached keys: dense, ragged via varlen (CUDA), or ragged padded."""
+        if cache.ragged is None:
+            return layer.attend(q, cache.k, cache.v, cache.attn_mask)
+        if varlen_available(q):
+            return layer.project_heads(ragged_attention(q, cache.ragged, cache.k, cache.v))
+        k_prompt, v_prompt = cache.ragged.padded()
+        keys, values = torch.cat([k_prompt, cache.k], dim=2), torch.cat([v_prompt, cache.v], dim=2)
+        return layer.attend(q, keys, values, cache.attn_mask)
 
     def _kept_only_mask(self, keep: KeepSet, dtype: torch.dtype) -> torch.Tensor:
         """Mask over a full ``[prompt | response]`` key set that hides evicted prompt keys per head."""
@@ -316,7 +334,7 @@ class CachedDenoiser:
         self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, mode: str, transfer: int
     ) -> tuple[torch.Tensor, int]:
         q, rows = self._response_queries(layer, cache, x_resp, mode, transfer)
-        attn = None if q is None else layer.attend(q, cache.k, cache.v, cache.attn_mask)
+        attn = None if q is None else self._attend(layer, q, cache)
         n_rows = 0 if q is None else q.shape[2]
         return self._finish_response(layer, cache, x_resp, attn, rows), n_rows
 
@@ -348,7 +366,7 @@ class CachedDenoiser:
         else:
             cache.attn_mask = self._mask_for(cache)
         q = q_p if q_r is None else torch.cat([q_p, q_r], dim=2)
-        attn = layer.attend(q, cache.k, cache.v, cache.attn_mask)
+        attn = self._attend(layer, q, cache)
         if keep is not None:  # D6 keep/revote: full attention on the refresh pass, then keep the chosen slots
             self._evict(cache, keep)
         attn_p, attn_r = attn[:, :p], (None if q_r is None else attn[:, p:])
@@ -365,10 +383,13 @@ class CachedDenoiser:
     # ----- masks and projection ------------------------------------------------------------
 
     def _mask_for(self, cache: LayerCache) -> torch.Tensor | None:
-        """Attention mask over ``[prompt slots | response rows]``: pads and evicted slots masked."""
-        if cache.prompt_valid is None:
+        """Attention mask over ``[prompt slots | response rows]``: pads and evicted slots masked.
+
+        Ragged storage: over ``[padded kept pairs | response rows]`` (the padded path of :meth:`_attend`).
+        """
+        valid = cache.prompt_valid if cache.ragged is None else cache.ragged.valid
+        if valid is None:
             return None
-        valid = cache.prompt_valid
         b, g = valid.shape[0], cache.k.shape[2] - cache.prompt_slots
         if valid.shape[1] not in (1, self.config.num_heads):  # per KV head -> per query head
             valid = valid.repeat_interleave(self.config.num_query_groups, dim=1)

@@ -8,13 +8,58 @@ import torch
 
 
 @dataclass
+class RaggedPrompt:
+    """One layer's kept prompt K/V when its (sample, KV head) sequences keep different counts.
+
+    MaskKV D10 (b): the kept pairs are stored flattened, ``k``/``v`` ``[N, hd]`` with N the total kept
+    count, sequence ``(b, h)`` at rows ``offsets[b*Hkv + h] : offsets[b*Hkv + h + 1]`` in kept (ascending
+    position) order, so a layer holds exactly its kept pairs instead of ``Hkv x`` its largest head
+    budget. Attention reads them through :meth:`padded` (a transient ``[B, Hkv, width, hd]`` copy and a
+    key mask; CPU and the reference path) or, on CUDA, packs them per sequence for a varlen kernel.
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    counts: torch.Tensor  # [B, Hkv] int64 kept pairs per sequence
+    offsets: torch.Tensor  # [B*Hkv + 1] int64 cumulative counts
+    slot_rows: torch.Tensor  # [B, Hkv, width] int64: row of k for slot j of (b, h); 0 in empty slots
+    valid: torch.Tensor  # [B, Hkv, width] bool: slot j < counts[b, h]
+
+    @classmethod
+    def from_padded(cls, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> RaggedPrompt:
+        """Flatten ``k, v [B, Hkv, W, hd]`` whose ``valid [B, Hkv, W]`` slots form a prefix of each row."""
+        counts = valid.sum(-1)
+        offsets = torch.cat([counts.new_zeros(1), counts.flatten().cumsum(0)])
+        slot = torch.arange(valid.shape[-1], device=valid.device)
+        rows = offsets[:-1].view(counts.shape)[..., None] + slot
+        slot_rows = torch.where(valid, rows, torch.zeros_like(rows))
+        return cls(k[valid].contiguous(), v[valid].contiguous(), counts, offsets, slot_rows, valid)
+
+    @property
+    def width(self) -> int:
+        return self.valid.shape[-1]
+
+    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k, v [B, Hkv, width, hd]`` with each sequence's kept pairs first (empty slots: row 0, masked)."""
+        shape = (*self.slot_rows.shape, self.k.shape[-1])
+        rows = self.slot_rows.flatten()
+        return self.k.index_select(0, rows).view(shape), self.v.index_select(0, rows).view(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+
+@dataclass
 class LayerCache:
     """One layer's cached tensors for one request.
 
     ``k``/``v`` hold ``[B, Hkv, S + G, hd]``: ``S`` prompt slots (all prompt tokens, or the kept
     ones after eviction) followed by the ``G`` response rows, keys after RoPE. Keeping both segments
     in one buffer lets attention read it without concatenating on every pass; response rows are
-    refreshed in place.
+    refreshed in place. When eviction leaves the heads with different counts and the policy stores
+    them ragged (``DLLMCache.ragged_storage``), the kept prompt pairs live in ``ragged`` instead,
+    ``S`` is 0 and ``k``/``v`` hold the response rows only.
     """
 
     k: torch.Tensor
@@ -27,6 +72,7 @@ class LayerCache:
     prompt_mlp: torch.Tensor | None = None
     prompt_positions: torch.Tensor | None = None  # [B, Hkv, S] kept absolute positions after eviction
     attn_mask: torch.Tensor | None = field(default=None, repr=False)  # derived from prompt_valid
+    ragged: RaggedPrompt | None = None  # the kept prompt K/V, flattened (then prompt_slots == 0)
 
     @property
     def resp_k(self) -> torch.Tensor:
@@ -46,6 +92,32 @@ class LayerCache:
             self.v = torch.cat([v, self.resp_v], dim=2)
             self.prompt_slots = k.shape[2]
         self.prompt_valid = valid
+        self.ragged = None
+
+    def store_ragged(self, prompt: RaggedPrompt) -> None:
+        """Hold ``prompt`` as the kept prompt K/V; ``k``/``v`` keep only the response rows."""
+        self.k, self.v = self.resp_k.clone(), self.resp_v.clone()
+        self.prompt_slots = 0
+        self.prompt_valid = None
+        self.ragged = prompt
+
+    def prompt_kv(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The prompt K/V as ``[B, Hkv, W, hd]`` slots and their validity (``[B, 1 or Hkv, W]`` or None).
+
+        A view of the stored slots, or for ragged storage a padded copy (empty slots invalid).
+        """
+        if self.ragged is None:
+            s = self.prompt_slots
+            return self.k[:, :, :s], self.v[:, :, :s], self.prompt_valid
+        k, v = self.ragged.padded()
+        return k, v, self.ragged.valid
+
+    def kept_pairs(self) -> int:
+        """Real prompt K/V pairs held (over batch and heads)."""
+        if self.ragged is not None:
+            return int(self.ragged.counts.sum())
+        b, heads, slots = self.k.shape[0], self.k.shape[1], self.prompt_slots
+        return b * heads * slots if self.prompt_valid is None else int(self.prompt_valid.expand(b, heads, slots).sum())
 
     def bytes_by_kind(self) -> dict[str, int]:
         def nbytes(t: torch.Tensor | None) -> int:
@@ -54,7 +126,7 @@ class LayerCache:
         kv = nbytes(self.k) + nbytes(self.v)
         resp_kv = 2 * nbytes(self.resp_k)
         return {
-            "prompt_kv": kv - resp_kv,
+            "prompt_kv": kv - resp_kv + (0 if self.ragged is None else self.ragged.nbytes),
             "response_kv": resp_kv,
             "response_features": nbytes(self.resp_attn) + nbytes(self.resp_mlp),
             "prompt_features": nbytes(self.prompt_attn) + nbytes(self.prompt_mlp),
@@ -88,8 +160,8 @@ class CacheStats:
         """Count kept (logical) prompt pairs against the unevicted count."""
         kept = total = 0
         for layer in layers:
-            b, heads, slots = layer.k.shape[0], layer.k.shape[1], layer.prompt_slots
-            kept += b * heads * slots if layer.prompt_valid is None else int(layer.prompt_valid.expand(b, heads, slots).sum())
+            kept += layer.kept_pairs()
+            b, heads = layer.k.shape[:2]
             real = b * prompt_length if prompt_valid is None else int(prompt_valid.sum())
             total += heads * real
         self.kept_prompt_pairs, self.prompt_pairs = kept, total

@@ -175,10 +175,14 @@ class DecoderBlock(nn.Module):
         ``key_bias``: additive float or boolean (True = attend) mask broadcastable to
         ``[B, H, Tq, Tk]``, or None. GQA: KV head j serves query heads ``j*r .. j*r + r - 1``.
         """
-        b, _, tq, _ = q.shape
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_bias, enable_gqa=k.shape[1] != q.shape[1]
         )
+        return self.project_heads(out)
+
+    def project_heads(self, out: torch.Tensor) -> torch.Tensor:
+        """``o_proj`` of per-head attention outputs ``[B, H, Tq, hd]`` -> ``[B, Tq, d]``."""
+        b, _, tq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, tq, -1))
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
