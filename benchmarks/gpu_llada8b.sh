@@ -22,6 +22,8 @@ import torch, sys
 print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
       "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 PY
+# The varlen kernel for ragged per-head caches (MaskKV D10 b) against the padded path (seconds; needs pytest).
+python -m pytest -q tests/test_ragged_cache.py 2>&1 | tee "$OUT_DIR/ragged_cuda_test.txt" || true
 python -m maskkv.bench \
   --arch llada-8b --device cuda --dtype bfloat16 \
   --lengths 1k,2k,4k,8k,16k,32k \
