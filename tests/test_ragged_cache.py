@@ -149,7 +149,7 @@ def test_varlen_path_in_the_engine_gives_the_same_tokens(model, monkeypatch):
         calls.append(args[0].shape)
         return reference_varlen(*args)
 
-    monkeypatch.setattr(varlen_module, "_torch_varlen_attn", kernel)
+    monkeypatch.setattr(varlen_module, "torch_varlen_kernel", lambda: kernel)
     monkeypatch.setattr("maskkv.cache.engine.varlen_available", lambda q: True)
     through_varlen = maskkv.generate(model, prompt, **kwargs)
     assert calls, "no ragged layer reached the varlen branch"
@@ -171,3 +171,13 @@ def test_cuda_varlen_kernel_matches_the_padded_path():
         prompt.counts, prompt.offsets, prompt.slot_rows, prompt.valid)), resp_k.float(), resp_v.float(),
         kernel=reference_varlen)  # fmt: skip
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+def test_importing_the_engine_does_not_load_torch_dynamo():
+    """``torch.nn.attention.varlen`` pulls in ``torch._dynamo`` (~1 s, ~70 MiB RSS): only on first CUDA use."""
+    import subprocess
+    import sys
+
+    code = "import sys, maskkv.cache, maskkv.bench.runner; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

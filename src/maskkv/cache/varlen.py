@@ -11,6 +11,7 @@ elsewhere :class:`~maskkv.cache.engine.CachedDenoiser` uses the padded path of
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -19,17 +20,26 @@ from .state import RaggedPrompt
 
 VarlenKernel = Callable[..., torch.Tensor]
 
-try:  # torch >= 2.10
-    from torch.nn.attention.varlen import varlen_attn as _torch_varlen_attn
-except ImportError:  # pragma: no cover - older torch
-    _torch_varlen_attn = None
-
 VARLEN_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def torch_varlen_kernel() -> VarlenKernel | None:
+    """``torch.nn.attention.varlen.varlen_attn``, or None in a torch without it.
+
+    Imported on first use: the module pulls in ``torch._dynamo`` (about a second and 70 MiB here),
+    which CPU runs never need.
+    """
+    try:  # torch >= 2.10
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # pragma: no cover - older torch
+        return None
+    return varlen_attn
 
 
 def varlen_available(q: torch.Tensor) -> bool:
     """Whether :func:`ragged_attention` can run on ``q``'s device and dtype with torch's kernel."""
-    return _torch_varlen_attn is not None and q.is_cuda and q.dtype in VARLEN_DTYPES
+    return q.is_cuda and q.dtype in VARLEN_DTYPES and torch_varlen_kernel() is not None
 
 
 def packed_key_rows(prompt: RaggedPrompt, response_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +74,7 @@ def ragged_attention(
     ``resp_k``/``resp_v``: ``[B, Hkv, G, hd]``. ``kernel`` has the signature of ``varlen_attn``
     (default: torch's). Returns ``[B, H, Tq, hd]``, like ``scaled_dot_product_attention``.
     """
-    kernel = kernel or _torch_varlen_attn
+    kernel = kernel or torch_varlen_kernel()
     if kernel is None:
         raise RuntimeError("torch.nn.attention.varlen is not available in this torch; use the padded path")
     b, h, tq, hd = q.shape
