@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -113,6 +114,54 @@ def test_recall_task_supervises_the_recap_values(straight):
     assert names == ["recall"] * 6 and 12 <= len(context) <= 18
     assert bool((ids[context[:, 0], context[:, 1]] == info.special_ids["<|mdm_mask|>"]).all())
     assert all(tok.id_to_token(int(v)).isdigit() for v in context[:, 2])
+
+
+def test_lm_task_masks_filler_tokens_and_weighs_each_row_like_one_answer(straight):
+    from tokenizers import Tokenizer
+
+    from maskkv.models.tiny import TinyTokenizerInfo
+    from maskkv.train.trainer import Stage, TrainConfig, chat_content_range, diffusion_loss, make_batch
+
+    tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
+    meta = json.loads((straight / "tokenizer_meta.json").read_text())
+    info = TinyTokenizerInfo("llada", (straight / "tokenizer.json").read_text(), meta["num_regular"])
+    builder = TaskBuilder(tok, SyntheticFiller())
+    sample = builder.sample("lm", 120, random.Random(5))
+    assert sample.answer == "" and sample.content and builder.count(sample.content) <= 120
+    stage = Stage(120, 1, 4, 80, tasks={"lm": 0.5, "single": 0.5})
+    ids, mask, answers, context, names = make_batch(builder, info, TrainConfig(out_dir="unused", seed=3), stage, 0)
+    lm_rows = {i for i, name in enumerate(names) if name == "lm"}
+    assert lm_rows and len(lm_rows) < len(names), names  # seed 3 gives a mixed batch
+    assert set(context[:, 0].tolist()) == lm_rows and bool((context[:, 3] == 1).all())
+    assert bool((ids[context[:, 0], context[:, 1]] == info.special_ids["<|mdm_mask|>"]).all())
+    for row in lm_rows:  # only the user content is masked, never the chat template around it
+        start = int((mask[row] == 0).sum())
+        first, last = chat_content_range(tok, ids.shape[1] - start - ANSWER_TOKENS)
+        positions = context[context[:, 0] == row, 1] - start
+        assert int(positions.min()) >= first and int(positions.max()) < last
+
+    model = maskkv.load_model(str(straight / "model"))
+    generator = torch.Generator().manual_seed(0)
+    loss, stats = diffusion_loss(model, ids, mask, answers, 0.1, generator, context)
+    assert "lm_acc" in stats and "ctx_acc" not in stats
+    # by hand: answer rows as in the SFT loss, each lm row A x its mean CE over masked filler
+    generator = torch.Generator().manual_seed(0)
+    b, a = answers.shape
+    t = 0.1 + 0.9 * torch.rand(b, 1, generator=generator)
+    masked = torch.rand(b, a, generator=generator) < t
+    for row in lm_rows:
+        masked[row] = False
+    noisy = ids.clone()
+    noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
+    with torch.no_grad():
+        hidden = model.hidden_states(noisy, mask)
+        answer_ce = F.cross_entropy(model.project(hidden[:, -a:]).reshape(-1, model.config.vocab_size),
+                                    answers.reshape(-1), reduction="none").view(b, a)
+        total = ((answer_ce / t) * masked).sum()
+        for row in lm_rows:
+            sel = context[context[:, 0] == row]
+            total += a * F.cross_entropy(model.project(hidden[row, sel[:, 1]]), sel[:, 2])
+    torch.testing.assert_close(loss.detach(), total / (a * b), atol=1e-5, rtol=1e-5)
 
 
 def test_config_with_stage_options_round_trips_through_json():

@@ -45,7 +45,9 @@ __all__ = [
 ]
 
 TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
-TRAIN_TASKS = (*TASKS, "recall")  # "recall" is a training aid: it has supervised positions inside the prompt
+# Training aids: "recall" has supervised positions inside the prompt (a recap of the needles), "lm" is plain
+# filler text for LLaDA's pre-training objective (random tokens masked and predicted; no question, no answer).
+TRAIN_TASKS = (*TASKS, "recall", "lm")
 ANSWER_TOKENS = 8  # the answer region: answer + <|eot_id|> + <|endoftext|> padding (= gen_length)
 HELD_OUT_ESSAYS = 10  # the last N essay files (sorted by name) are never used in training
 
@@ -277,7 +279,21 @@ class TaskBuilder:
         """A ``task`` instance whose full chat prompt has at most about ``target_tokens`` tokens.
 
         ``depth`` in [0, 1] puts all needles near that relative position (default: each at random).
+        ``lm``: a filler passage only (the trainer masks its tokens); its answer is empty.
         """
+        if task == "lm":
+            filler = self.synthetic if rng.random() < self.synthetic_share else self.filler
+            sentences: list[str] = []
+            total, budget, full = 0, max(0, target_tokens - 24), False
+            while not full:  # consecutive sentences while they fit (at least one)
+                for sentence in filler.passage(rng, 16):
+                    n = self.count(sentence)
+                    if total + n > budget and sentences:
+                        full = True
+                        break
+                    sentences.append(sentence)
+                    total += n
+            return Sample(task, " ".join(sentences), "", [])
         needles, question, answer, refs = task_parts(task, rng, num_needles=num_needles)
         overhead = 24 + self.count(HEADER) + self.count(question) + sum(self.count(n) for n in needles)
         if task == "recall":  # the recap is about as long as the needles

@@ -228,6 +228,16 @@ def answer_ids(tokenizer, info: TinyTokenizerInfo, answer: str, length: int = AN
 # batches and loss
 
 
+LM_MAX_RATIO = 0.5  # largest mask ratio of the ``lm`` task's filler (LLaDA pre-training draws t ~ U(0, 1))
+
+
+def chat_content_range(tokenizer, prompt_tokens: int) -> tuple[int, int]:
+    """Token range ``[first, last)`` of the user content inside an :func:`encode_chat` prompt."""
+    first = len(tokenizer.encode(CHAT_PREFIX, add_special_tokens=False).ids)
+    last = prompt_tokens - len(tokenizer.encode(CHAT_SUFFIX, add_special_tokens=False).ids)
+    return first, max(first + 1, last)
+
+
 def step_rng(seed: int, step: int) -> random.Random:
     return random.Random(seed * 1_000_003 + step)
 
@@ -236,8 +246,10 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """Left-padded ``prompt | answer`` ids, attention mask, answer ids ``[B, A]``, prompt targets, tasks.
 
-    Prompt targets (``[N, 3]``: row, position, token id) are the ``recall`` task's recap values; they
-    are already replaced by the mask token in the returned ids.
+    Prompt targets (``[N, 4]``: row, position, token id, kind) are the ``recall`` task's recap values
+    (kind 0) and the masked filler tokens of ``lm`` samples (kind 1: LLaDA's pre-training objective,
+    each token masked with probability ``t ~ U(t_min, LM_MAX_RATIO)``); they are already replaced by the
+    mask token in the returned ids. ``lm`` rows have no answer (see :func:`diffusion_loss`).
     """
     rng = step_rng(cfg.seed, step)
     target = rng.randint(stage.low, stage.max_tokens)
@@ -250,10 +262,16 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
         sample = builder.sample(task, target, rng, num_needles=count)
         ans = answer_ids(builder.tokenizer, info, sample.answer)
         prompt, positions = encode_chat_targets(builder.tokenizer, sample.content, sample.context_targets)
+        kinds = [0] * len(positions)
+        if task == "lm":
+            ratio = rng.uniform(cfg.t_min, LM_MAX_RATIO)
+            first, last = chat_content_range(builder.tokenizer, len(prompt))
+            positions = [i for i in range(first, last) if rng.random() < ratio] or [rng.randrange(first, last)]
+            kinds = [1] * len(positions)
         rows.append(prompt + ans)
         answers.append(ans)
         names.append(task)
-        spans.append(positions)
+        spans.append(list(zip(positions, kinds)))
     width = max(len(r) for r in rows)
     pad = info.special_ids["<|endoftext|>"]
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -262,10 +280,10 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
-        for pos in spans[i]:
-            targets.append((i, width - len(r) + pos, r[pos]))
+        for pos, kind in spans[i]:
+            targets.append((i, width - len(r) + pos, r[pos], kind))
             ids[i, width - len(r) + pos] = mask_id
-    context = torch.tensor(targets, dtype=torch.long).view(-1, 3)
+    context = torch.tensor(targets, dtype=torch.long).view(-1, 4)
     return ids, mask, torch.tensor(answers), context, names
 
 
@@ -274,8 +292,11 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
                    ) -> tuple[torch.Tensor, dict[str, float]]:
     """LLaDA SFT loss on the answer region (the last ``A`` columns of ``ids``); returns (loss, stats).
 
-    ``context`` (``[N, 3]``: row, position, token id) adds prompt positions that are already masked
-    in ``ids`` (the ``recall`` recap): their cross-entropy (weight 1, as at t = 1) joins the sum.
+    ``context`` (``[N, 4]``: row, position, token id, kind) adds prompt positions that are already
+    masked in ``ids``: the ``recall`` recap (kind 0; cross-entropy with weight 1, as at t = 1) and the
+    masked filler of ``lm`` rows (kind 1; each row's mean cross-entropy over its masked tokens, times
+    ``A``, so an ``lm`` row weighs like one answer). ``lm`` rows (those with kind-1 targets) have no
+    answer loss.
     """
     b, a = answers.shape
     t = t_min + (1 - t_min) * torch.rand(b, 1, generator=generator)
@@ -283,6 +304,11 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
     none = ~masked.any(1)
     if none.any():  # at least one masked token per sample (else that sample has no loss at all)
         masked[none, torch.randint(0, a, (int(none.sum()),), generator=generator)] = True
+    lm = None if context is None or not len(context) else context[:, 3] == 1
+    if lm is not None and bool(lm.any()):  # pre-training rows: no answer to learn
+        lm_rows = torch.zeros(b, dtype=torch.bool)
+        lm_rows[context[lm, 0]] = True
+        masked = masked & ~lm_rows[:, None]
     noisy = ids.clone()
     noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
     attention = None if bool(mask.all()) else mask
@@ -294,9 +320,18 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
     if context is not None and len(context):
         ctx_logits = model.project(hidden[context[:, 0], context[:, 1]]).float()
         ctx_ce = F.cross_entropy(ctx_logits, context[:, 2], reduction="none")
-        total = total + ctx_ce.sum()
+        if bool(lm.any()):
+            per_row = torch.bincount(context[lm, 0], minlength=b).clamp(min=1)
+            weight = torch.where(lm, a / per_row[context[:, 0]], torch.ones_like(ctx_ce))
+            total = total + (ctx_ce * weight).sum()
+        else:
+            total = total + ctx_ce.sum()
         with torch.no_grad():
-            stats["ctx_acc"] = (ctx_logits.argmax(-1) == context[:, 2]).float().mean().item()
+            hit = (ctx_logits.argmax(-1) == context[:, 2]).float()
+            if bool((~lm).any()):
+                stats["ctx_acc"] = hit[~lm].mean().item()
+            if bool(lm.any()):
+                stats["lm_acc"] = hit[lm].mean().item()
     loss = total / (a * b)  # per sample / answer length (A), mean over the batch
     with torch.no_grad():
         hits = (logits.argmax(-1) == answers) & masked
@@ -458,7 +493,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if step % 25 == 0 or step == total:
             _log(out / "log.jsonl", {"step": step, "stage": index, "tokens": ids.shape[1], "loss": ema["loss"],
                                      "acc": ema["acc"], "ce": ema["ce"],
-                                     **({"ctx_acc": ema["ctx_acc"]} if "ctx_acc" in ema else {}), "gnorm": gnorm, "lr": lr_at(cfg, step - 1),
+                                     **{k: ema[k] for k in ("ctx_acc", "lm_acc") if k in ema}, "gnorm": gnorm, "lr": lr_at(cfg, step - 1),
                                      "elapsed": elapsed_before + time.time() - start_time})
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
             quick = quick_eval(model, builder, info, min(stage.max_tokens, 1024))
