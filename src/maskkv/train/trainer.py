@@ -7,7 +7,10 @@ the masked answer tokens weighted by ``1/t``, summed per sample, divided by the 
 length, averaged over the batch. LLaDA draws ``t ~ U(eps, 1)`` with ``eps = 1e-3``; we clamp
 ``t >= 0.1`` (``t_min``), because at this size the ``1/t`` weight of tiny ``t`` made the loss very
 noisy (``tiny_model_notes.md``). The ``recall`` training task adds supervised positions inside the
-prompt (its recap values): they are always masked and join the sum with weight 1.
+prompt (its recap values): they are always masked and join the sum with weight 1. The ``lm`` task
+(not in the default curriculum; probe P9 of the model card) is LLaDA's pre-training objective on
+plain filler: its tokens are masked with probability ``t ~ U(t_min, 0.5)`` and predicted, each row
+weighing like one answer; such rows have no answer loss.
 
 Everything is seeded: the samples of step ``s`` come from ``Random(seed, s)`` and the masks from a
 torch generator seeded the same way, so a resumed run continues exactly as the uninterrupted one.
