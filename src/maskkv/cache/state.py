@@ -24,6 +24,7 @@ class RaggedPrompt:
     offsets: torch.Tensor  # [B*Hkv + 1] int64 cumulative counts
     slot_rows: torch.Tensor  # [B, Hkv, width] int64: row of k for slot j of (b, h); 0 in empty slots
     valid: torch.Tensor  # [B, Hkv, width] bool: slot j < counts[b, h]
+    packing: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)  # varlen, by G
 
     @classmethod
     def from_padded(cls, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> RaggedPrompt:

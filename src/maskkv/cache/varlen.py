@@ -46,20 +46,26 @@ def packed_key_rows(prompt: RaggedPrompt, response_rows: int) -> tuple[torch.Ten
     """Rows of ``cat([prompt.k, resp_k.reshape(-1, hd)])`` in packed order, and ``cu_seqlens_k`` (int32).
 
     Sequence ``s = b * Hkv + h`` holds ``prompt.counts[b, h]`` prompt rows, then its ``G`` response rows.
+    Computed once per kept set and ``G`` (kept in ``prompt.packing``) and without a host sync, so a
+    decode step only gathers.
     """
     g = response_rows
+    if g in prompt.packing:
+        return prompt.packing[g]
     counts = prompt.counts.flatten()
     lengths = counts + g
     starts = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-    sequence = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), lengths)
-    local = torch.arange(sequence.numel(), device=counts.device) - starts[sequence]
     n = prompt.k.shape[0]
+    total = n + counts.numel() * g
+    sequence = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), lengths, output_size=total)
+    local = torch.arange(total, device=counts.device) - starts[sequence]
     rows = torch.where(
         local < counts[sequence],
         prompt.offsets[sequence] + local,
         n + sequence * g + (local - counts[sequence]),
     )
-    return rows, starts.to(torch.int32)
+    prompt.packing[g] = rows, starts.to(torch.int32)
+    return prompt.packing[g]
 
 
 def ragged_attention(
