@@ -164,6 +164,23 @@ def test_lm_task_masks_filler_tokens_and_weighs_each_row_like_one_answer(straigh
     torch.testing.assert_close(loss.detach(), total / (a * b), atol=1e-5, rtol=1e-5)
 
 
+def test_repeat_task_masks_words_of_the_second_copy(straight):
+    from tokenizers import Tokenizer
+
+    from maskkv.train.trainer import encode_chat_targets
+
+    tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
+    builder = TaskBuilder(tok, SyntheticFiller())
+    for seed in range(20):
+        sample = builder.sample("repeat", 150, random.Random(seed))
+        first, second = sample.content.rstrip(".").split(". ")
+        assert first == second and sample.answer == "" and sample.context_targets
+        assert all(a > len(first) for a, _ in sample.context_targets)  # only the copy is masked
+        ids, positions = encode_chat_targets(tok, sample.content, sample.context_targets)  # one token each
+        assert [tok.decode([ids[p]]).strip() for p in positions] == [sample.content[a:b].strip()
+                                                                       for a, b in sample.context_targets]
+
+
 def test_config_with_stage_options_round_trips_through_json():
     from maskkv.train.trainer import TrainConfig, default_stages
 

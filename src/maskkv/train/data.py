@@ -46,8 +46,9 @@ __all__ = [
 
 TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
 # Training aids: "recall" has supervised positions inside the prompt (a recap of the needles), "lm" is plain
-# filler text for LLaDA's pre-training objective (random tokens masked and predicted; no question, no answer).
-TRAIN_TASKS = (*TASKS, "recall", "lm")
+# filler text for LLaDA's pre-training objective (random tokens masked and predicted; no question, no answer),
+# "repeat" an induction drill (a random key/number sequence, then the same again with part of it masked).
+TRAIN_TASKS = (*TASKS, "recall", "lm", "repeat")
 ANSWER_TOKENS = 8  # the answer region: answer + <|eot_id|> + <|endoftext|> padding (= gen_length)
 HELD_OUT_ESSAYS = 10  # the last N essay files (sorted by name) are never used in training
 
@@ -281,6 +282,20 @@ class TaskBuilder:
         ``depth`` in [0, 1] puts all needles near that relative position (default: each at random).
         ``lm``: a filler passage only (the trainer masks its tokens); its answer is empty.
         """
+        if task == "repeat":  # induction drill: a random word sequence, then the same again; part of the copy masked
+            words = [*KEYS, *map(str, range(VALUE_RANGE[0], VALUE_RANGE[1] + 1))]
+            seq = [rng.choice(words) for _ in range(rng.randint(8, max(8, min(40, target_tokens // 3))))]
+            first = " ".join(seq) + "."
+            content, targets = first, []
+            ratio = rng.uniform(0.15, 0.5)
+            for w in seq:  # a word's token carries its leading space; a number's does not (digits are split off)
+                start = len(content) + (1 if w.isdigit() else 0)
+                content += " " + w
+                if rng.random() < ratio:
+                    targets.append((start, len(content)))
+            if not targets:
+                targets.append((len(first) + (1 if seq[0].isdigit() else 0), len(first) + 1 + len(seq[0])))
+            return Sample(task, content + ".", "", [], targets)
         if task == "lm":
             filler = self.synthetic if rng.random() < self.synthetic_share else self.filler
             sentences: list[str] = []
