@@ -256,6 +256,23 @@ def task_parts(task: str, rng: random.Random, *, num_needles: int | None = None)
     raise ValueError(f"unknown task {task!r}; expected one of {TRAIN_TASKS}")
 
 
+def repeat_sample(rng: random.Random, target_tokens: int) -> Sample:
+    """The ``repeat`` induction drill: a random key/number sequence, then the same again with part of it masked."""
+    words = [*KEYS, *map(str, range(VALUE_RANGE[0], VALUE_RANGE[1] + 1))]
+    seq = [rng.choice(words) for _ in range(rng.randint(8, max(8, min(40, target_tokens // 3))))]
+    first = " ".join(seq) + "."
+    content, targets = first, []
+    ratio = rng.uniform(0.15, 0.5)
+    for w in seq:  # a word's token carries its leading space; a number's does not (digits are split off)
+        start = len(content) + (1 if w.isdigit() else 0)
+        content += " " + w
+        if rng.random() < ratio:
+            targets.append((start, len(content)))
+    if not targets:
+        targets.append((len(first) + (1 if seq[0].isdigit() else 0), len(first) + 1 + len(seq[0])))
+    return Sample("repeat", content + ".", "", [], targets)
+
+
 class TaskBuilder:
     """Builds task samples of a target prompt length (in tokens of ``tokenizer``, a ``tokenizers.Tokenizer``)."""
 
@@ -275,6 +292,19 @@ class TaskBuilder:
                 self._cache[text] = n
         return n
 
+    def _consecutive(self, filler, rng: random.Random, budget: int, *, chunk: int = 8,
+                     at_least_one: bool = False) -> list[str]:
+        """Consecutive filler sentences (runs of ``chunk`` from random starts) while ``budget`` tokens allow."""
+        sentences: list[str] = []
+        total = 0
+        while True:
+            for sentence in filler.passage(rng, chunk):
+                n = self.count(sentence)
+                if total + n > budget and (sentences or not at_least_one):
+                    return sentences
+                sentences.append(sentence)
+                total += n
+
     def sample(self, task: str, target_tokens: int, rng: random.Random, *, depth: float | None = None,
                num_needles: int | None = None) -> Sample:
         """A ``task`` instance whose full chat prompt has at most about ``target_tokens`` tokens.
@@ -282,32 +312,11 @@ class TaskBuilder:
         ``depth`` in [0, 1] puts all needles near that relative position (default: each at random).
         ``lm``: a filler passage only (the trainer masks its tokens); its answer is empty.
         """
-        if task == "repeat":  # induction drill: a random word sequence, then the same again; part of the copy masked
-            words = [*KEYS, *map(str, range(VALUE_RANGE[0], VALUE_RANGE[1] + 1))]
-            seq = [rng.choice(words) for _ in range(rng.randint(8, max(8, min(40, target_tokens // 3))))]
-            first = " ".join(seq) + "."
-            content, targets = first, []
-            ratio = rng.uniform(0.15, 0.5)
-            for w in seq:  # a word's token carries its leading space; a number's does not (digits are split off)
-                start = len(content) + (1 if w.isdigit() else 0)
-                content += " " + w
-                if rng.random() < ratio:
-                    targets.append((start, len(content)))
-            if not targets:
-                targets.append((len(first) + (1 if seq[0].isdigit() else 0), len(first) + 1 + len(seq[0])))
-            return Sample(task, content + ".", "", [], targets)
+        if task == "repeat":
+            return repeat_sample(rng, target_tokens)
         if task == "lm":
             filler = self.synthetic if rng.random() < self.synthetic_share else self.filler
-            sentences: list[str] = []
-            total, budget, full = 0, max(0, target_tokens - 24), False
-            while not full:  # consecutive sentences while they fit (at least one)
-                for sentence in filler.passage(rng, 16):
-                    n = self.count(sentence)
-                    if total + n > budget and sentences:
-                        full = True
-                        break
-                    sentences.append(sentence)
-                    total += n
+            sentences = self._consecutive(filler, rng, max(0, target_tokens - 24), chunk=16, at_least_one=True)
             return Sample(task, " ".join(sentences), "", [])
         needles, question, answer, refs = task_parts(task, rng, num_needles=num_needles)
         overhead = 24 + self.count(HEADER) + self.count(question) + sum(self.count(n) for n in needles)
@@ -315,17 +324,7 @@ class TaskBuilder:
             overhead += sum(self.count(n) for n in needles)
         budget = max(0, target_tokens - overhead)
         filler = self.synthetic if rng.random() < self.synthetic_share else self.filler
-        sentences: list[str] = []
-        total = 0
-        full = False
-        while not full:  # consecutive sentences while they fit (the prompt never exceeds the target)
-            for s in filler.passage(rng, 8):
-                n = self.count(s)
-                if total + n > budget:
-                    full = True
-                    break
-                sentences.append(s)
-                total += n
+        sentences = self._consecutive(filler, rng, budget)  # the prompt never exceeds the target
         if depth is None:
             slots = sorted(rng.randint(0, len(sentences)) for _ in needles)
         else:
