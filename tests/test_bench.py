@@ -77,6 +77,7 @@ def test_quick_json_has_every_field(quick):
         else:
             assert not row["extrapolated"] and row["nfe"] == row["config"]["steps"] == row["timed_passes"]
     assert "maskkv_speedup_vs_vanilla" in document["targets"]
+    assert document["targets"]["maskkv_offline_speedup_vs_vanilla"]["value"] > 0
     assert "maskkv" in output and "targets" in output
 
 

@@ -157,7 +157,9 @@ def test_default_schedule_skips_prompt_rows_and_stores_no_prompt_features(model)
     assert len(denoiser.passes) == gen
     for record in denoiser.passes:
         if record.step == 1:
-            assert record.rows_per_layer == [prompt_len + gen] * layers
+            # the last layer runs only the rows a later pass reads (Dream: also row P-1, its logits shift)
+            last_rows = gen + (1 if model.config.logits_shift else 0)
+            assert record.rows_per_layer == [prompt_len + gen] * (layers - 1) + [last_rows]
         elif record.response_refresh:  # s = 6, 11, 16: response rows only
             assert record.rows_per_layer == [gen] * layers
         else:  # layer 0 refreshes its response rows; the others V-verify `transfer` rows
@@ -178,8 +180,10 @@ def test_prompt_refresh_recomputes_prompt_rows_on_schedule(model):
     refreshed = [r.step for r in denoiser.passes if r.prompt_refresh]
     assert refreshed == [1, 4, 7]
     rows = {r.step: r.rows_per_layer for r in denoiser.passes}
-    assert rows[4] == [6 + 8] + [6] * (model.config.num_layers - 1)  # prompt refresh, no response refresh
-    assert rows[7] == [6 + 8] * model.config.num_layers  # both: a full pass
+    layers, shift = model.config.num_layers, int(model.config.logits_shift)
+    # prompt refresh, no response refresh; the last layer runs only the rows read later (Dream: row P-1)
+    assert rows[4] == [6 + 8] + [6] * (layers - 2) + [shift]
+    assert rows[7] == [6 + 8] * (layers - 1) + [8 + shift]  # both: a full pass
 
 
 def test_mask_only_projection_never_projects_prompt_rows(model):

@@ -244,6 +244,32 @@ def test_layer_by_layer_eviction_lowers_the_first_pass_peak(model, tmp_path):
     assert peaks["offline"] < 2 * one_layer_prompt_kv  # about one layer's full prompt K/V at a time
 
 
+def test_last_layer_runs_only_the_rows_read_later(model, tmp_path):
+    """The first pass skips the last layer's prompt queries unless prompt features, every row's
+    projection or an online allocation (Eq. 8 over every row) needs them; the logits do not change."""
+    p, gen = 40, 8
+    prompt = _prompt(model, 1, p, seed=12)
+    profile = save_profile(tmp_path / "profile.json", model.config, calibrate(model, [prompt], gen, progress=False))
+    x = torch.cat([prompt, torch.full((1, gen), model.config.mask_token_id)], dim=1)
+    positions = torch.arange(p, p + gen)
+    reference = model.logits_at(x, None, positions)
+    read = gen + int(model.config.logits_shift)  # Dream also reads row P-1
+    cases = (
+        (DLLMCache(), None, read),
+        (DLLMCache(), MaskKVPress(budget=8, profile=str(profile)), read),
+        (DLLMCache(), make_press("snapkv", 8), read),
+        (DLLMCache(), MaskKVPress(budget=8), p + gen),  # online: Eq. 8 reads every row of every layer
+        (DLLMCache(), make_press("squeeze", 8), p + gen),
+        (DLLMCache(prompt_state_exclusion=False), None, p + gen),
+        (DLLMCache(mask_only_projection=False), None, p + gen),
+    )
+    for policy, press, last_rows in cases:
+        denoiser = policy.bind(model, p, press=press)
+        logits = denoiser.logits_at(x, None, positions)
+        assert denoiser.passes[0].rows_per_layer == [p + gen] * (model.config.num_layers - 1) + [last_rows]
+        torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+
+
 # ----- calibration and profiles -------------------------------------------------------------
 
 

@@ -151,7 +151,8 @@ class CachedDenoiser:
 
         With a press, the first pass scores and evicts each layer right after its attention (as soon
         as its budget is known: offline allocations) or after the pass (online allocations); later
-        full passes re-apply (or re-vote) the kept positions.
+        full passes re-apply (or re-vote) the kept positions. The last layer computes only the rows
+        that a later pass reads (:meth:`_unread_rows`); its prompt K/V are computed in full.
         """
         model, p, policy = self.model, self.prompt_length, self.policy
         cos, sin = self._cos_sin
@@ -160,6 +161,7 @@ class CachedDenoiser:
         scoring = self.plan is not None and not self.plan.keep
         voters = input_ids[:, p:] == self.config.mask_token_id
         new_layers: list[LayerCache] = []
+        row0 = 0  # canvas row of x's first row: > 0 once the last layer drops the rows nobody reads
         for index, layer in enumerate(model.layers):
             x_in = x
             q, k, v = layer.qkv(x, cos, sin)
@@ -167,19 +169,21 @@ class CachedDenoiser:
             if keep is not None and self.plan.press.prompt_refresh == "revote":
                 keep = self.plan.revote(self._context(index, q, k, voters))
             bias = self._full_bias if keep is None or not self.kept_attention else self._kept_only_mask(keep, k.dtype)
-            attn = layer.attend(q, k, v, bias)
-            if self._prompt_pad_rows is not None:
-                attn[:, :p] = attn[:, :p].masked_fill(self._prompt_pad_rows, 0.0)
-            x = x + attn
+            row0 = self._unread_rows(index, scoring)
+            attn = layer.attend(q[:, :, row0:], k, v, bias)
+            if self._prompt_pad_rows is not None and row0 < p:
+                attn[:, : p - row0] = attn[:, : p - row0].masked_fill(self._prompt_pad_rows[:, row0:], 0.0)
+            x = x[:, row0:] + attn
             if scoring:
-                keep = self.plan.after_layer(self._context(index, q, k, voters, hidden_in=x_in, hidden_mid=x))
+                hidden = {} if row0 else {"hidden_in": x_in, "hidden_mid": x}
+                keep = self.plan.after_layer(self._context(index, q, k, voters, **hidden))
             mlp = layer.mlp(x)
             x = x + mlp
             cache = LayerCache(
                 k=k, v=v, prompt_slots=p,
                 prompt_valid=None if self._prompt_valid is None else self._prompt_valid[:, None, :],
                 # clone: a row slice of a [B, T, d] tensor is a view that would keep all T rows alive
-                resp_attn=attn[:, p:].clone(), resp_mlp=mlp[:, p:].clone(),
+                resp_attn=attn[:, p - row0 :].clone(), resp_mlp=mlp[:, p - row0 :].clone(),
                 prompt_attn=attn[:, :p].clone() if keep_prompt_features else None,
                 prompt_mlp=mlp[:, :p].clone() if keep_prompt_features else None,
             )  # fmt: skip
@@ -194,10 +198,27 @@ class CachedDenoiser:
         if scoring:  # online allocation: every layer's statistics were needed first
             for index, keep in self.plan.finish().items():
                 self._evict(self.layers[index], keep)
-        self._resp_stream = x[:, p:].clone()
+        self._resp_stream = x[:, p - row0 :].clone()
         self._prompt_stream = x[:, :p] if not policy.mask_only_projection else None
         if self.config.logits_shift:
-            self._last_prompt_hidden = x[:, p - 1 : p].clone()
+            self._last_prompt_hidden = x[:, p - 1 - row0 : p - row0].clone()
+
+    def _unread_rows(self, index: int, scoring: bool = False) -> int:
+        """How many leading canvas rows need no output at layer ``index`` (their K/V are computed anyway).
+
+        At the last layer the prompt rows' outputs feed only their own logits, which the cache never
+        projects: all P of them for LLaDA, all but row P-1 for Dream (its logits shift). Every row is
+        needed at the other layers, and at the last one too when the policy keeps prompt features or
+        projects every row, or an online allocation still needs every row's hidden states (Eq. 8).
+        """
+        policy = self.policy
+        if index != self.config.num_layers - 1:
+            return 0
+        if not policy.prompt_state_exclusion or not policy.mask_only_projection:
+            return 0
+        if scoring and self.plan.needs_hidden_states:
+            return 0
+        return self.prompt_length - 1 if self.config.logits_shift else self.prompt_length
 
     def _context(
         self, index: int, q: torch.Tensor, k: torch.Tensor, voters: torch.Tensor, **hidden: torch.Tensor
@@ -275,7 +296,7 @@ class CachedDenoiser:
         self._resp_stream = x_resp
         self._prompt_stream = x_prompt if not policy.mask_only_projection else None
         if self.config.logits_shift and x_prompt is not None:
-            self._last_prompt_hidden = x_prompt[:, p - 1 : p].clone()
+            self._last_prompt_hidden = x_prompt[:, -1:].clone()  # row P-1 (the last layer may drop the rows before)
 
     def _response_queries(
         self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, mode: str, transfer: int
@@ -365,13 +386,16 @@ class CachedDenoiser:
             keep = None
         else:
             cache.attn_mask = self._mask_for(cache)
+        skip = self._unread_rows(index)  # prompt rows whose output here is never read
+        q_p, x_prompt = q_p[:, :, skip:], x_prompt[:, skip:]
         q = q_p if q_r is None else torch.cat([q_p, q_r], dim=2)
-        attn = self._attend(layer, q, cache)
+        attn = self._attend(layer, q, cache) if q.shape[2] else x_prompt.new_empty(x_prompt.shape[0], 0, x_prompt.shape[2])
         if keep is not None:  # D6 keep/revote: full attention on the refresh pass, then keep the chosen slots
             self._evict(cache, keep)
-        attn_p, attn_r = attn[:, :p], (None if q_r is None else attn[:, p:])
+        rows_p = p - skip
+        attn_p, attn_r = attn[:, :rows_p], (None if q_r is None else attn[:, rows_p:])
         if self._prompt_pad_rows is not None:
-            attn_p = attn_p.masked_fill(self._prompt_pad_rows, 0.0)
+            attn_p = attn_p.masked_fill(self._prompt_pad_rows[:, skip:], 0.0)
         x_prompt = x_prompt + attn_p
         mlp_p = layer.mlp(x_prompt)
         x_prompt = x_prompt + mlp_p

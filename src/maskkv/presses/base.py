@@ -194,6 +194,11 @@ class PressPlan:
         if self.active:
             self.layer_budgets = self._static_layer_budgets()
 
+    @property
+    def needs_hidden_states(self) -> bool:
+        """True while the allocation still needs every row's hidden states (online Eq. 8 similarity)."""
+        return self.layer_budgets is None and self.press.layer_allocation in ("boundary", "squeeze")
+
     def _static_layer_budgets(self) -> torch.Tensor | None:
         press, layers = self.press, self.config.num_layers
         if press.layer_allocation == "uniform":
@@ -217,7 +222,7 @@ class PressPlan:
 
     def after_layer(self, ctx: LayerContext) -> KeepSet | None:
         """Score layer ``ctx.layer`` and return its kept set now, or None if it must wait for ``finish``."""
-        if ctx.hidden_in is not None and self.press.layer_allocation in ("boundary", "squeeze"):
+        if ctx.hidden_in is not None and self.needs_hidden_states:
             tokens = None if self.press.layer_allocation == "boundary" else self._prompt_token_mask(ctx)
             self._similarity[ctx.layer] = 1.0 - B.layer_importance(ctx.hidden_in, ctx.hidden_mid, tokens)
         if self.layer_budgets is None:
