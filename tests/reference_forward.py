@@ -70,9 +70,12 @@ def llada_reference_logits(folder: Path, input_ids: torch.Tensor, attention_mask
     for i in range(cfg["n_layers"]):
         p = f"model.transformer.blocks.{i}."
         h = _rms(x, sd[p + "attn_norm.weight"], eps)
-        q = (h @ sd[p + "q_proj.weight"].T).view(b, t, nh, hd).transpose(1, 2)
-        k = (h @ sd[p + "k_proj.weight"].T).view(b, t, nkv, hd).transpose(1, 2)
-        v = (h @ sd[p + "v_proj.weight"].T).view(b, t, nkv, hd).transpose(1, 2)
+        q, k, v = (h @ sd[p + f"{n}_proj.weight"].T for n in "qkv")
+        if cfg["include_bias"] or cfg["include_qkv_bias"]:  # the reference: bias=include_bias | include_qkv_bias
+            q, k, v = q + sd[p + "q_proj.bias"], k + sd[p + "k_proj.bias"], v + sd[p + "v_proj.bias"]
+        q = q.view(b, t, nh, hd).transpose(1, 2)
+        k = k.view(b, t, nkv, hd).transpose(1, 2)
+        v = v.view(b, t, nkv, hd).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         k = k.repeat_interleave(nh // nkv, dim=1)

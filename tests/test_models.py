@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from reference_forward import dream_reference_logits, llada_reference_logits
+from reference_forward import dream_reference_logits, llada_reference_logits, read_state_dict
 
 import maskkv
 from maskkv.models import CheckpointError, load_model
@@ -39,6 +39,21 @@ def test_logits_match_reference(checkpoint):
     theirs = REFERENCE[family](path, ids)
     assert ours.shape == (2, 23, model.config.vocab_size)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_llada_qkv_bias_loads_and_matches_reference(tmp_path):
+    """LLaDA's ``include_qkv_bias`` (the reference gives q/k/v a bias) is a supported configuration."""
+    path = write_tiny_checkpoint(tmp_path / "bias", "llada", num_layers=2, hidden_size=64, num_heads=4, seed=2,
+                                 qkv_bias=True)
+    assert json.loads((path / "config.json").read_text())["include_qkv_bias"] is True
+    model = load_model(path)
+    assert model.config.qkv_bias and model.layers[1].k_proj.bias is not None
+    file_bias = read_state_dict(path)["model.transformer.blocks.1.k_proj.bias"]
+    torch.testing.assert_close(model.layers[1].k_proj.bias, file_bias, atol=0, rtol=0)
+    ids = _ids(model.config.vocab_size, (2, 19), seed=4)
+    torch.testing.assert_close(model(ids).logits, llada_reference_logits(path, ids), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="Dream checkpoints always have"):
+        write_tiny_checkpoint(tmp_path / "dream", "dream", qkv_bias=True)
 
 
 def test_left_padded_batch_matches_reference_and_rows_alone(checkpoint):

@@ -196,3 +196,24 @@ def test_rope_theta_flag_reaches_the_exported_config(tmp_path):
     raw = json.loads((tmp_path / "model" / "config.json").read_text())
     assert raw["rope_theta"] == 10000.0
     assert maskkv.load_model(str(tmp_path / "model")).config.rope_theta == 10000.0
+
+
+def test_qkv_bias_flag_trains_and_exports_the_biases(tmp_path):
+    _run(tmp_path, "--qkv-bias", "--stop-at-step", "2")
+    raw = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert raw["include_qkv_bias"] is True and raw["include_bias"] is False
+    tensors = load_file(str(tmp_path / "model" / "model.safetensors"))
+    bias = tensors["model.transformer.blocks.0.q_proj.bias"]
+    assert bias.shape == (32,) and bool(bias.ne(0).any())  # initialised at 0, moved by 2 optimiser steps
+    model = maskkv.load_model(str(tmp_path / "model"))
+    assert model.config.qkv_bias
+    torch.testing.assert_close(model.layers[0].q_proj.bias, bias.float(), atol=0, rtol=0)
+
+
+def test_resume_accepts_a_run_config_written_before_a_new_field(tmp_path):
+    _run(tmp_path, "--stop-at-step", "2")
+    path = tmp_path / "train_config.json"
+    old = json.loads(path.read_text())
+    del old["qkv_bias"]  # as written by an older maskkv
+    path.write_text(json.dumps(old))
+    assert "finished" in _run(tmp_path)

@@ -43,7 +43,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config.json") -> ModelC
     _expect(raw, "alibi", (False,), source)
     _expect(raw, "rope", (True,), source)
     _expect(raw, "include_bias", (False,), source)
-    _expect(raw, "include_qkv_bias", (False,), source)
+    _expect(raw, "include_qkv_bias", (False, True), source)  # the reference gives q/k/v a bias when true
     _expect(raw, "attention_layer_norm", (False,), source)
     _expect(raw, "input_emb_norm", (False,), source)
     _expect(raw, "scale_logits", (False,), source)
@@ -72,7 +72,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config.json") -> ModelC
         intermediate_size=int(mlp),
         rope_theta=float(raw["rope_theta"]),
         norm_eps=float(raw["rms_norm_eps"]),
-        qkv_bias=False,
+        qkv_bias=bool(raw.get("include_qkv_bias", False)),
         tie_word_embeddings=bool(raw["weight_tying"]),
         rope_in_fp32=bool(raw.get("rope_full_precision", True)),
         logits_shift=False,
@@ -102,4 +102,7 @@ def checkpoint_keys(config: ModelConfig) -> dict[str, str]:
     for i in range(config.num_layers):
         for theirs, ours in per_block.items():
             keys[f"model.transformer.blocks.{i}.{theirs}.weight"] = f"layers.{i}.{ours}.weight"
+        if config.qkv_bias:  # include_qkv_bias: the reference's q/k/v Linear layers get a bias
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                keys[f"model.transformer.blocks.{i}.{proj}.bias"] = f"layers.{i}.{proj}.bias"
     return keys

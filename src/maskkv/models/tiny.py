@@ -197,11 +197,13 @@ def tiny_config_dict(
     intermediate_size: int = 128,
     max_position_embeddings: int = 4096,
     dtype: torch.dtype = torch.float32,
+    qkv_bias: bool = False,
 ) -> dict[str, Any]:
     """The published ``config.json`` of ``family`` with tiny shapes and the tiny tokenizer's special ids.
 
     LLaDA: every field of ``models.md`` 2.2 (plus ``transformers_version`` of the derived copy);
     ``vocab_size`` = ``embedding_size`` = tokenizer size rounded up to a multiple of 64.
+    ``qkv_bias`` (LLaDA only; Dream always has them): ``include_qkv_bias``, biases on q/k/v.
     Dream: every field of 3.1; ``max_window_layers`` follows ``num_hidden_layers`` as in the real
     file, ``torch_dtype`` names ``dtype`` (the dtype the weights are stored in), and
     ``bos_token_id`` equals ``eos_token_id`` (``<|endoftext|>``) as in the published config and
@@ -234,7 +236,7 @@ def tiny_config_dict(
             "eos_token_id": ids["<|endoftext|>"],
             "flash_attention": False,
             "include_bias": False,
-            "include_qkv_bias": False,
+            "include_qkv_bias": qkv_bias,
             "init_cutoff_factor": None,
             "init_device": "meta",
             "init_fn": "mitchell",
@@ -311,8 +313,11 @@ def tiny_state_dict_shapes(
     num_kv_heads: int,
     intermediate_size: int,
     vocab_size: int,
+    qkv_bias: bool = False,
 ) -> dict[str, tuple[int, ...]]:
-    """Checkpoint key -> shape, in module order (``models.md`` 2.3 for LLaDA, 3.2 for Dream)."""
+    """Checkpoint key -> shape, in module order (``models.md`` 2.3 for LLaDA, 3.2 for Dream).
+
+    ``qkv_bias``: LLaDA's ``include_qkv_bias`` (q/k/v biases); Dream always has them."""
     family = _check_family(family)
     h, i_, v = hidden_size, intermediate_size, vocab_size
     nq = hidden_size
@@ -323,9 +328,10 @@ def tiny_state_dict_shapes(
         for layer in range(num_layers):
             p = f"model.transformer.blocks.{layer}."
             shapes[p + "attn_norm.weight"] = (h,)
-            shapes[p + "q_proj.weight"] = (nq, h)
-            shapes[p + "k_proj.weight"] = (nkv, h)
-            shapes[p + "v_proj.weight"] = (nkv, h)
+            for proj, rows in (("q_proj", nq), ("k_proj", nkv), ("v_proj", nkv)):
+                shapes[p + proj + ".weight"] = (rows, h)
+                if qkv_bias:
+                    shapes[p + proj + ".bias"] = (rows,)
             shapes[p + "attn_out.weight"] = (h, nq)
             shapes[p + "ff_norm.weight"] = (h,)
             shapes[p + "ff_proj.weight"] = (i_, h)
@@ -504,10 +510,12 @@ def write_tiny_checkpoint(
     tokenizer: bool = True,
     init_std: float = 0.02,
     max_position_embeddings: int = 4096,
+    qkv_bias: bool = False,
 ) -> Path:
     """Write a random checkpoint of ``family`` with tiny shapes in the published folder layout.
 
     ``num_kv_heads`` defaults to ``num_heads`` (LLaDA, MHA) or ``num_heads // 2`` (Dream, GQA).
+    ``qkv_bias`` (LLaDA only) sets ``include_qkv_bias`` and writes q/k/v biases.
     ``shards > 1`` writes ``model-0000k-of-0000n.safetensors`` plus ``model.safetensors.index.json``.
     ``path`` must not exist yet or be an empty folder. Returns the folder.
     """
@@ -519,6 +527,8 @@ def write_tiny_checkpoint(
         raise ValueError(f"init_std must be > 0, got {init_std!r}")
     if not isinstance(max_position_embeddings, int) or max_position_embeddings <= 0:
         raise ValueError(f"max_position_embeddings must be a positive int, got {max_position_embeddings!r}")
+    if qkv_bias and family != "llada":
+        raise ValueError("qkv_bias is LLaDA's include_qkv_bias; Dream checkpoints always have q/k/v biases")
     folder = Path(path)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"{folder} already exists and is not an empty folder; pass a new or empty folder")
@@ -532,6 +542,7 @@ def write_tiny_checkpoint(
         intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings,
         dtype=dtype,
+        qkv_bias=qkv_bias,
     )
     info = tiny_tokenizer_info(family)
     shapes = tiny_state_dict_shapes(
@@ -542,6 +553,7 @@ def write_tiny_checkpoint(
         num_kv_heads=kv,
         intermediate_size=intermediate_size,
         vocab_size=info.vocab_size,
+        qkv_bias=qkv_bias,
     )
     if not isinstance(shards, int) or not 1 <= shards <= len(shapes):
         raise ValueError(f"shards must be an int between 1 and the number of tensors ({len(shapes)}), got {shards!r}")

@@ -34,6 +34,8 @@ def _parse_stages(text: str | None) -> list[Stage]:
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--mlp", type=int, default=128, show_default=True, help="SwiGLU hidden size.")
 @click.option("--rope-theta", type=float, default=500000.0, show_default=True, help="RoPE base (LLaDA-8B: 500000).")
+@click.option("--qkv-bias/--no-qkv-bias", default=False, show_default=True,
+              help="q/k/v biases (LLaDA's include_qkv_bias).")
 @click.option("--tie-embeddings/--no-tie-embeddings", default=True, show_default=True,
               help="Tie the LM head to the input embedding (LLaDA's weight_tying field).")
 @click.option("--vocab", type=int, default=3000, show_default=True, help="Regular BPE tokens.")
@@ -54,7 +56,7 @@ def _parse_stages(text: str | None) -> list[Stage]:
 @click.option("--bf16", is_flag=True, help="CPU autocast to bfloat16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, rope_theta: float,
-               tie_embeddings: bool, vocab: int,
+               qkv_bias: bool, tie_embeddings: bool, vocab: int,
                stages: str | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
                eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
                quiet: bool) -> None:
@@ -62,7 +64,7 @@ def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, m
     if not 0 < t_min < 1:
         raise click.BadParameter(f"--t-min must be in (0, 1), got {t_min}")
     cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
-                      intermediate_size=mlp, rope_theta=rope_theta, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages), lr=lr, warmup=warmup,
+                      intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages), lr=lr, warmup=warmup,
                       t_min=t_min, filler=filler, checkpoint_every=checkpoint_every, eval_every=eval_every,
                       threads=threads, max_minutes=max_minutes, bf16=bf16,
                       stop_at_step=stop_at_step)

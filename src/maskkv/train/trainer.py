@@ -101,6 +101,7 @@ class TrainConfig:
     num_heads: int = 4
     intermediate_size: int = 128
     rope_theta: float = 500000.0  # LLaDA-8B's; smaller values give more rotary frequencies for short offsets
+    qkv_bias: bool = False  # LLaDA's include_qkv_bias: q/k/v biases (a learnable attention-by-offset term under RoPE)
     number_init: bool = False  # shared init direction for digit-group embeddings (see build_model)
     tie_embeddings: bool = True  # LLaDA's weight_tying: copying a context token is far easier to learn tied
     vocab_size: int = 3000  # regular BPE tokens (the embedding adds the specials, rounded up to 64)
@@ -168,7 +169,7 @@ def make_filler(kind: str, split: str):
 def llada_config_dict(cfg: TrainConfig, info: TinyTokenizerInfo) -> dict[str, Any]:
     """The published LLaDA ``config.json`` with our shapes and our tokenizer's sizes and ids."""
     raw = tiny_config_dict("llada", num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_heads=cfg.num_heads,
-                           intermediate_size=cfg.intermediate_size, max_position_embeddings=4096)
+                           intermediate_size=cfg.intermediate_size, max_position_embeddings=4096, qkv_bias=cfg.qkv_bias)
     ids = info.special_ids
     raw.update(weight_tying=cfg.tie_embeddings, vocab_size=info.vocab_size, embedding_size=info.vocab_size, eos_token_id=ids["<|endoftext|>"],
                pad_token_id=ids["<|endoftext|>"], mask_token_id=ids["<|mdm_mask|>"], rope_theta=cfg.rope_theta)
@@ -176,7 +177,8 @@ def llada_config_dict(cfg: TrainConfig, info: TinyTokenizerInfo) -> dict[str, An
 
 
 def build_model(model_config: ModelConfig, seed: int, number_ids: list[int] | None = None) -> DiffusionTransformer:
-    """A freshly initialised model: N(0, 0.02), output projections scaled by 1/sqrt(2 * layers).
+    """A freshly initialised model: N(0, 0.02), output projections scaled by 1/sqrt(2 * layers), norm
+    weights 1, biases 0.
 
     ``number_ids`` (the digit-group tokens) get a shared random direction (3 x N(0, 0.02)) added to
     their embeddings, so attention can find "a number" before each number's own embedding is learned
@@ -189,6 +191,8 @@ def build_model(model_config: ModelConfig, seed: int, number_ids: list[int] | No
         if p.dim() == 2:
             std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
             torch.nn.init.normal_(p, 0.0, std)
+        elif name.endswith(".bias"):
+            torch.nn.init.zeros_(p)
         else:
             torch.nn.init.ones_(p)
     if number_ids:
@@ -428,7 +432,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     cfg_path = out / "train_config.json"
     saved = json.loads(json.dumps(cfg.to_json()))  # tuples -> lists, as read back from the file
     if cfg_path.exists():
-        previous = json.loads(cfg_path.read_text())
+        previous = json.loads(json.dumps(TrainConfig.from_json(json.loads(cfg_path.read_text())).to_json()))
         for volatile in ("max_minutes", "threads", "stop_at_step"):
             previous.pop(volatile, None)
             saved.pop(volatile, None)
