@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -179,6 +180,52 @@ def test_repeat_task_masks_words_of_the_second_copy(straight):
         ids, positions = encode_chat_targets(tok, sample.content, sample.context_targets)  # one token each
         assert [tok.decode([ids[p]]).strip() for p in positions] == [sample.content[a:b].strip()
                                                                        for a, b in sample.context_targets]
+
+
+@pytest.mark.parametrize("task,gap_tokens", [("kv0", 1), ("kv1", 2), ("kv2", 3)])
+def test_kv_bridge_masks_every_recalled_value_at_its_gap(straight, task, gap_tokens):
+    from tokenizers import Tokenizer
+
+    from maskkv.models.tiny import TinyTokenizerInfo
+    from maskkv.train.trainer import Stage, TrainConfig, encode_chat_targets, make_batch
+
+    tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
+    builder = TaskBuilder(tok, SyntheticFiller())
+    for seed in range(10):
+        sample = builder.sample(task, 128, random.Random(seed), num_needles=4)
+        pairs_text, recall_text, question = sample.content.split(".\n\n")
+        asked = question.removeprefix("What is the number for ").removesuffix("?")
+        pairs = dict(re.fullmatch(r"(\w+)(?: is:|:)? (\d+)", p).groups()
+                     for p in pairs_text.removeprefix("Pairs: ").split(", "))
+        assert len(pairs) == 4 and len(sample.context_targets) == 4 and sample.answer == pairs[asked]
+        ids, positions = encode_chat_targets(tok, sample.content, sample.context_targets)
+        recalled = [tok.id_to_token(ids[p]) for p in positions]
+        assert sorted(recalled) == sorted(sample.content[a:b] for a, b in sample.context_targets)
+        assert all(a > len(pairs_text) for a, _ in sample.context_targets)  # only the recall list is masked
+        for p in positions:  # the key sits gap_tokens + 1 tokens before its masked value, as in the pairs
+            key = tok.id_to_token(ids[p - gap_tokens - 1]).lstrip("\u0120")
+            assert pairs[key].endswith(tok.id_to_token(ids[p]))
+    meta = json.loads((straight / "tokenizer_meta.json").read_text())
+    info = TinyTokenizerInfo("llada", (straight / "tokenizer.json").read_text(), meta["num_regular"])
+    stage = Stage(128, 1, 5, 64, tasks={task: 1.0}, needles=[3, 3])
+    ids, _, _, context, names = make_batch(builder, info, TrainConfig(out_dir="unused"), stage, 0)
+    assert names == [task] * 5 and len(context) == 15
+    assert bool((ids[context[:, 0], context[:, 1]] == info.special_ids["<|mdm_mask|>"]).all())
+
+
+def test_stage_lr_sets_that_stage_s_peak_and_leaves_the_default_schedule_alone():
+    import math
+
+    from maskkv.train.trainer import Stage, TrainConfig, lr_at
+
+    cfg = TrainConfig(out_dir="unused", warmup=10, stages=[Stage(64, 100, 2, lr=3e-3), Stage(64, 100, 2)])
+    factor = [lr_at(TrainConfig(out_dir="unused", warmup=10, lr=1.0, stages=cfg.stages[1:] * 2), s)
+              for s in range(200)]  # the shared schedule, peak 1
+    assert all(math.isclose(lr_at(cfg, s), 3e-3 * factor[s]) for s in range(100))
+    assert all(math.isclose(lr_at(cfg, s), 1e-3 * factor[s]) for s in range(100, 200))
+    default = TrainConfig(out_dir="unused")
+    progress = (5000 - default.warmup) / (default.total_steps - default.warmup)
+    assert math.isclose(lr_at(default, 5000), 1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))))
 
 
 def test_config_with_stage_options_round_trips_through_json():

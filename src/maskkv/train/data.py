@@ -41,14 +41,17 @@ __all__ = [
     "SyntheticFiller",
     "TaskBuilder",
     "essay_files",
+    "kv_sample",
     "var_names",
 ]
 
 TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
 # Training aids: "recall" has supervised positions inside the prompt (a recap of the needles), "lm" is plain
 # filler text for LLaDA's pre-training objective (random tokens masked and predicted; no question, no answer),
-# "repeat" an induction drill (a random key/number sequence, then the same again with part of it masked).
-TRAIN_TASKS = (*TASKS, "recall", "lm", "repeat")
+# "repeat" an induction drill (a random key/number sequence, then the same again with part of it masked);
+# "kv0".."kv2" the associative-recall bridge (key/value pairs, then every key again with its value masked).
+KV_FORMATS = {"kv0": "{key} {value}", "kv1": "{key}: {value}", "kv2": "{key} is: {value}"}
+TRAIN_TASKS = (*TASKS, "recall", "lm", "repeat", *KV_FORMATS)
 ANSWER_TOKENS = 8  # the answer region: answer + <|eot_id|> + <|endoftext|> padding (= gen_length)
 HELD_OUT_ESSAYS = 10  # the last N essay files (sorted by name) are never used in training
 
@@ -273,6 +276,34 @@ def repeat_sample(rng: random.Random, target_tokens: int) -> Sample:
     return Sample("repeat", content + ".", "", [], targets)
 
 
+def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None) -> Sample:
+    """The associative-recall bridge ``kv0``/``kv1``/``kv2``: pairs, then a recall list with masked values.
+
+    "Pairs: hunter 87, kitten 70. Recall: kitten [70], hunter [87]. What is the number for hunter?" (values in
+    brackets are masked and supervised). The task number is the gap between a key and its value: ``kv0``
+    "{key} {value}", ``kv1`` "{key}: {value}", ``kv2`` "{key} is: {value}" (the magic-number needle's own tail).
+    A small model finds the key lookup with adjacent pairs in a few thousand steps (``MODEL_CARD.md``, P16),
+    and keeps it as the gap widens, while it stays on a chance-level plateau when trained at the needle's gap
+    from the start.
+    """
+    form = KV_FORMATS[task]
+    n = num_pairs if num_pairs is not None else rng.randint(2, 6)
+    keys = rng.sample(KEYS, n)
+    used: set[int] = set()
+    values = [_value(rng, used) for _ in keys]
+    content = "Pairs: " + ", ".join(form.format(key=k, value=v) for k, v in zip(keys, values)) + ".\n\nRecall:"
+    targets: list[tuple[int, int]] = []
+    order = list(range(n))
+    rng.shuffle(order)
+    for j, i in enumerate(order):
+        content += (" " if j == 0 else ", ") + form.format(key=keys[i], value="")
+        targets.append((len(content), len(content) + len(str(values[i]))))
+        content += str(values[i])
+    target = rng.randrange(n)
+    question = f".\n\nWhat is the number for {keys[target]}?"
+    return Sample(task, content + question, str(values[target]), [str(values[target])], targets)
+
+
 class TaskBuilder:
     """Builds task samples of a target prompt length (in tokens of ``tokenizer``, a ``tokenizers.Tokenizer``)."""
 
@@ -314,6 +345,8 @@ class TaskBuilder:
         """
         if task == "repeat":
             return repeat_sample(rng, target_tokens)
+        if task in KV_FORMATS:
+            return kv_sample(task, rng, num_needles)
         if task == "lm":
             filler = self.synthetic if rng.random() < self.synthetic_share else self.filler
             sentences = self._consecutive(filler, rng, max(0, target_tokens - 24), chunk=16, at_least_one=True)

@@ -44,6 +44,7 @@ from .data import (
     ANSWER_TOKENS,
     HEADER,
     KEYS,
+    KV_FORMATS,
     TASKS,
     VAR_NAMES,
     EssayFiller,
@@ -69,6 +70,7 @@ class Stage:
     tasks: dict[str, float] | None = None  # task weights of this stage (default: TrainConfig.task_weights)
     synthetic: float | None = None  # share of built-in-grammar filler (default: TrainConfig.synthetic_share)
     needles: list[int] | None = None  # [low, high] needle count of ``multikey`` samples (default: 2-6)
+    lr: float | None = None  # this stage's peak learning rate (default: TrainConfig.lr); the schedule scales it
 
     @property
     def low(self) -> int:
@@ -265,7 +267,7 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
     rows, answers, names, spans = [], [], [], []
     for _ in range(stage.batch):
         task = rng.choices(tasks, weights)[0]
-        count = rng.randint(*stage.needles) if task in ("multikey", "recall") and stage.needles else None
+        count = rng.randint(*stage.needles) if task in ("multikey", "recall", *KV_FORMATS) and stage.needles else None
         sample = builder.sample(task, target, rng, num_needles=count)
         ans = answer_ids(builder.tokenizer, info, sample.answer)
         prompt, positions = encode_chat_targets(builder.tokenizer, sample.content, sample.context_targets)
@@ -348,11 +350,15 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at the last step."""
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak at the last step.
+
+    The peak is the stage's ``lr`` where set, else ``cfg.lr``; the schedule runs over the whole curriculum.
+    """
+    peak = stage_at(cfg, step)[1].lr or cfg.lr
     if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+        return peak * (step + 1) / cfg.warmup
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.total_steps - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def stage_at(cfg: TrainConfig, step: int) -> tuple[int, Stage]:
