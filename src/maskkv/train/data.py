@@ -49,8 +49,10 @@ TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
 # Training aids: "recall" has supervised positions inside the prompt (a recap of the needles), "lm" is plain
 # filler text for LLaDA's pre-training objective (random tokens masked and predicted; no question, no answer),
 # "repeat" an induction drill (a random key/number sequence, then the same again with part of it masked);
-# "kv0".."kv2" the associative-recall bridge (key/value pairs, then every key again with its value masked).
-KV_FORMATS = {"kv0": "{key} {value}", "kv1": "{key}: {value}", "kv2": "{key} is: {value}"}
+# "kv0".."kv3" the associative-recall bridge (key/value pairs, then every key again with its value masked); the
+# number is how many tokens sit between a key and its value (numbers are pre-tokenised apart from letters and
+# from their leading space, so "hunter87" is two tokens and "hunter 87" three).
+KV_FORMATS = {"kv0": "{key}{value}", "kv1": "{key} {value}", "kv2": "{key}: {value}", "kv3": "{key} is: {value}"}
 TRAIN_TASKS = (*TASKS, "recall", "lm", "repeat", *KV_FORMATS)
 ANSWER_TOKENS = 8  # the answer region: answer + <|eot_id|> + <|endoftext|> padding (= gen_length)
 HELD_OUT_ESSAYS = 10  # the last N essay files (sorted by name) are never used in training
@@ -277,11 +279,12 @@ def repeat_sample(rng: random.Random, target_tokens: int) -> Sample:
 
 
 def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None) -> Sample:
-    """The associative-recall bridge ``kv0``/``kv1``/``kv2``: pairs, then a recall list with masked values.
+    """The associative-recall bridge ``kv0``..``kv3``: pairs, then a recall list with masked values.
 
-    "Pairs: hunter 87, kitten 70. Recall: kitten [70], hunter [87]. What is the number for hunter?" (values in
-    brackets are masked and supervised). The task number is the gap between a key and its value: ``kv0``
-    "{key} {value}", ``kv1`` "{key}: {value}", ``kv2`` "{key} is: {value}" (the magic-number needle's own tail).
+    "Pairs: hunter87, kitten70. Recall: kitten[70], hunter[87]. What is the number for hunter?" (values in
+    brackets are masked and supervised). The task number is the count of tokens between a key and its value:
+    ``kv0`` "{key}{value}", ``kv1`` "{key} {value}", ``kv2`` "{key}: {value}", ``kv3`` "{key} is: {value}" (the
+    magic-number needle's own tail).
     A small model finds the key lookup with adjacent pairs in a few thousand steps (``MODEL_CARD.md``, P16),
     and keeps it as the gap widens, while it stays on a chance-level plateau when trained at the needle's gap
     from the start.
