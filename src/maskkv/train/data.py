@@ -279,32 +279,25 @@ def repeat_sample(rng: random.Random, target_tokens: int) -> Sample:
 
 
 def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None) -> Sample:
-    """The associative-recall bridge ``kv0``..``kv3``: pairs, then a recall list with masked values.
+    """The associative-recall bridge ``kv0``..``kv3``: key/value pairs, then one key again with its value masked.
 
-    "Pairs: hunter87, kitten70. Recall: kitten[70], hunter[87]. What is the number for hunter?" (values in
-    brackets are masked and supervised). The task number is the count of tokens between a key and its value:
-    ``kv0`` "{key}{value}", ``kv1`` "{key} {value}", ``kv2`` "{key}: {value}", ``kv3`` "{key} is: {value}" (the
-    magic-number needle's own tail).
-    A small model finds the key lookup with adjacent pairs in a few thousand steps (``MODEL_CARD.md``, P16),
-    and keeps it as the gap widens, while it stays on a chance-level plateau when trained at the needle's gap
-    from the start.
+    "Pairs: hunter87, kitten70, octopus57. Recall: kitten[70]." (the value in brackets is masked and supervised;
+    no question, so the answer region holds only the end-of-turn tokens). The task number is the count of tokens
+    between a key and its value: ``kv0`` "{key}{value}", ``kv1`` "{key} {value}", ``kv2`` "{key}: {value}",
+    ``kv3`` "{key} is: {value}" (the magic-number needle's own tail). One query per sample, because in
+    ``scripts/probe_recall.py`` a recall list with every key masked kept the model at chance for 6000 steps while
+    a single query was learned (``MODEL_CARD.md``, fifth-session probes).
     """
     form = KV_FORMATS[task]
     n = num_pairs if num_pairs is not None else rng.randint(2, 6)
     keys = rng.sample(KEYS, n)
     used: set[int] = set()
     values = [_value(rng, used) for _ in keys]
-    content = "Pairs: " + ", ".join(form.format(key=k, value=v) for k, v in zip(keys, values)) + ".\n\nRecall:"
-    targets: list[tuple[int, int]] = []
-    order = list(range(n))
-    rng.shuffle(order)
-    for j, i in enumerate(order):
-        content += (" " if j == 0 else ", ") + form.format(key=keys[i], value="")
-        targets.append((len(content), len(content) + len(str(values[i]))))
-        content += str(values[i])
-    target = rng.randrange(n)
-    question = f".\n\nWhat is the number for {keys[target]}?"
-    return Sample(task, content + question, str(values[target]), [str(values[target])], targets)
+    asked = rng.randrange(n)
+    content = "Pairs: " + ", ".join(form.format(key=k, value=v) for k, v in zip(keys, values))
+    content += ".\n\nRecall: " + form.format(key=keys[asked], value="")
+    target = (len(content), len(content) + len(str(values[asked])))
+    return Sample(task, content + str(values[asked]) + ".", "", [], [target])
 
 
 class TaskBuilder:
