@@ -64,6 +64,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss-scale", type=float, default=1.0,
+                        help="multiply the loss (the trainer's loss is the lookups' summed CE / (8 x batch))")
+    parser.add_argument("--pad", type=int, default=0, help="tokens of filler before and after each sequence")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -87,7 +90,7 @@ def main() -> None:
         for r in range(args.batch):
             n = rng.randint(*pair_range)
             ks, vs = rng.sample(keys, n), rng.sample(values, n)
-            seq: list[int] = []
+            seq: list[int] = [gap_ids[2]] * args.pad
             for k, v in zip(ks, vs):
                 seq += [k, *gap_ids[:gap], v]
             asked = rng.sample(range(n), n if args.queries == "all" else int(args.queries))
@@ -95,7 +98,7 @@ def main() -> None:
                 seq += [ks[i], *gap_ids[:gap], mask]
                 where.append((r, len(seq) - 1))
                 targets.append(vs[i])
-            rows.append(seq)
+            rows.append(seq + [gap_ids[2]] * args.pad)
         width = max(map(len, rows))
         return (torch.tensor([s + [pad] * (width - len(s)) for s in rows]), torch.tensor(where),
                 torch.tensor(targets))
@@ -108,7 +111,7 @@ def main() -> None:
         gap = gap_at(schedule, step)
         ids, where, targets = batch(gap)
         logits = model(ids).logits[where[:, 0], where[:, 1]]
-        loss = F.cross_entropy(logits, targets)
+        loss = args.loss_scale * F.cross_entropy(logits, targets)
         optim.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
