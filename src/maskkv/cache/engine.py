@@ -389,7 +389,10 @@ class CachedDenoiser:
         skip = self._unread_rows(index)  # prompt rows whose output here is never read
         q_p, x_prompt = q_p[:, :, skip:], x_prompt[:, skip:]
         q = q_p if q_r is None else torch.cat([q_p, q_r], dim=2)
-        attn = self._attend(layer, q, cache) if q.shape[2] else x_prompt.new_empty(x_prompt.shape[0], 0, x_prompt.shape[2])
+        if q.shape[2]:
+            attn = self._attend(layer, q, cache)
+        else:  # the last layer of a refresh without response queries: only the K/V were needed
+            attn = x_prompt.new_empty(x_prompt.shape[0], 0, x_prompt.shape[2])
         if keep is not None:  # D6 keep/revote: full attention on the refresh pass, then keep the chosen slots
             self._evict(cache, keep)
         rows_p = p - skip
