@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--loss-scale", type=float, default=1.0,
                         help="multiply the loss (the trainer's loss is the lookups' summed CE / (8 x batch))")
-    parser.add_argument("--pad", type=int, default=0, help="tokens of filler before and after each sequence")
+    parser.add_argument("--pad", default="0", help="filler tokens around each sequence: 'N' on both sides or 'BEFORE:AFTER'")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -82,6 +82,8 @@ def main() -> None:
     low, _, high = args.pairs.partition("-")
     pair_range = (int(low), int(high or low))
     schedule = parse_gaps(args.gaps)
+    before, _, after = args.pad.partition(":")
+    pad_before, pad_after = int(before), int(after or before)
     rng = random.Random(args.seed)
 
     def batch(gap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,7 +92,7 @@ def main() -> None:
         for r in range(args.batch):
             n = rng.randint(*pair_range)
             ks, vs = rng.sample(keys, n), rng.sample(values, n)
-            seq: list[int] = [gap_ids[2]] * args.pad
+            seq: list[int] = [gap_ids[2]] * pad_before
             for k, v in zip(ks, vs):
                 seq += [k, *gap_ids[:gap], v]
             asked = rng.sample(range(n), n if args.queries == "all" else int(args.queries))
@@ -98,7 +100,7 @@ def main() -> None:
                 seq += [ks[i], *gap_ids[:gap], mask]
                 where.append((r, len(seq) - 1))
                 targets.append(vs[i])
-            rows.append(seq + [gap_ids[2]] * args.pad)
+            rows.append(seq + [gap_ids[2]] * pad_after)
         width = max(map(len, rows))
         return (torch.tensor([s + [pad] * (width - len(s)) for s in rows]), torch.tensor(where),
                 torch.tensor(targets))
