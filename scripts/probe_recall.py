@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from maskkv import load_tokenizer
 from maskkv.models.llada import config_from_dict
 from maskkv.models.tiny import TinyTokenizerInfo
 from maskkv.train.data import KEYS
@@ -32,6 +31,7 @@ from maskkv.train.trainer import TrainConfig, build_model, llada_config_dict
 
 ASSET = Path(__file__).resolve().parents[1] / "src" / "maskkv" / "assets" / "tiny-llada"
 GAP_WORDS = (" is", ":", " the")  # filler tokens between a key and its value, as many as the gap asks for
+PAD_WORD = " the"  # the filler token of --pad
 
 
 def parse_gaps(text: str) -> list[tuple[int, int]]:
@@ -74,10 +74,11 @@ def main() -> None:
     cfg = TrainConfig(out_dir="unused", num_layers=args.layers, hidden_size=args.hidden, num_heads=args.heads,
                       intermediate_size=2 * args.hidden, rope_theta=args.rope_theta, qkv_bias=args.qkv_bias)
     model = build_model(config_from_dict(llada_config_dict(cfg, info)), seed=args.seed)
-    encode = load_tokenizer(str(ASSET)).backend_tokenizer.encode
+    encode = info.backend().encode
     keys = [ids[0] for ids in (encode(" " + k, add_special_tokens=False).ids for k in KEYS) if len(ids) == 1]
     values = [encode(f" {v}", add_special_tokens=False).ids[-1] for v in range(10, 100)]
     gap_ids = [encode(w, add_special_tokens=False).ids[0] for w in GAP_WORDS]
+    pad_id = encode(PAD_WORD, add_special_tokens=False).ids[0]
     mask, pad = model.config.mask_token_id, model.config.eos_token_id
     low, _, high = args.pairs.partition("-")
     pair_range = (int(low), int(high or low))
@@ -92,7 +93,7 @@ def main() -> None:
         for r in range(args.batch):
             n = rng.randint(*pair_range)
             ks, vs = rng.sample(keys, n), rng.sample(values, n)
-            seq: list[int] = [gap_ids[2]] * pad_before
+            seq: list[int] = [pad_id] * pad_before
             for k, v in zip(ks, vs):
                 seq += [k, *gap_ids[:gap], v]
             asked = rng.sample(range(n), n if args.queries == "all" else int(args.queries))
@@ -100,7 +101,7 @@ def main() -> None:
                 seq += [ks[i], *gap_ids[:gap], mask]
                 where.append((r, len(seq) - 1))
                 targets.append(vs[i])
-            rows.append(seq + [gap_ids[2]] * pad_after)
+            rows.append(seq + [pad_id] * pad_after)
         width = max(map(len, rows))
         return (torch.tensor([s + [pad] * (width - len(s)) for s in rows]), torch.tensor(where),
                 torch.tensor(targets))

@@ -49,7 +49,7 @@ TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
 # Training aids: "recall" has supervised positions inside the prompt (a recap of the needles), "lm" is plain
 # filler text for LLaDA's pre-training objective (random tokens masked and predicted; no question, no answer),
 # "repeat" an induction drill (a random key/number sequence, then the same again with part of it masked);
-# "kv0".."kv3" the associative-recall bridge (key/value pairs, then every key again with its value masked); the
+# "kv0".."kv3" the associative-recall bridge (key/value pairs, then one key again with its value masked); the
 # number is how many tokens sit between a key and its value (numbers are pre-tokenised apart from letters and
 # from their leading space, so "hunter87" is two tokens and "hunter 87" three).
 KV_FORMATS = {"kv0": "{key}{value}", "kv1": "{key} {value}", "kv2": "{key}: {value}", "kv3": "{key} is: {value}"}
