@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--loss-scale", type=float, default=1.0,
                         help="multiply the loss (the trainer's loss is the lookups' summed CE / (8 x batch))")
     parser.add_argument("--pad", default="0", help="filler tokens around each sequence: 'N' on both sides or 'BEFORE:AFTER'")
+    parser.add_argument("--pad-from", type=int, default=0, help="first step that pads (before it: bare sequences)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -87,13 +88,14 @@ def main() -> None:
     pad_before, pad_after = int(before), int(after or before)
     rng = random.Random(args.seed)
 
-    def batch(gap: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(gap: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Padded ids [B, T], (row, position) of every masked value [N, 2], their targets [N]."""
         rows, where, targets = [], [], []
         for r in range(args.batch):
             n = rng.randint(*pair_range)
             ks, vs = rng.sample(keys, n), rng.sample(values, n)
-            seq: list[int] = [pad_id] * pad_before
+            padded = step >= args.pad_from
+            seq: list[int] = [pad_id] * (pad_before if padded else 0)
             for k, v in zip(ks, vs):
                 seq += [k, *gap_ids[:gap], v]
             asked = rng.sample(range(n), n if args.queries == "all" else int(args.queries))
@@ -101,7 +103,7 @@ def main() -> None:
                 seq += [ks[i], *gap_ids[:gap], mask]
                 where.append((r, len(seq) - 1))
                 targets.append(vs[i])
-            rows.append(seq + [pad_id] * pad_after)
+            rows.append(seq + [pad_id] * (pad_after if padded else 0))
         width = max(map(len, rows))
         return (torch.tensor([s + [pad] * (width - len(s)) for s in rows]), torch.tensor(where),
                 torch.tensor(targets))
@@ -112,7 +114,7 @@ def main() -> None:
         for group in optim.param_groups:
             group["lr"] = args.lr * min(1.0, step / 50)
         gap = gap_at(schedule, step)
-        ids, where, targets = batch(gap)
+        ids, where, targets = batch(gap, step)
         logits = model(ids).logits[where[:, 0], where[:, 1]]
         loss = args.loss_scale * F.cross_entropy(logits, targets)
         optim.zero_grad()

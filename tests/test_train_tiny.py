@@ -47,7 +47,7 @@ def test_smoke_run_exports_a_loadable_llada_checkpoint(straight):
     model = maskkv.load_model(str(straight / "model"))
     tokenizer = maskkv.load_tokenizer(str(straight / "model"))
     assert model.config.family == "llada" and model.config.hidden_size == 32
-    assert json.loads((straight / "model" / "config.json").read_text())["rope_theta"] == 500000.0  # LLaDA-8B's
+    assert json.loads((straight / "model" / "config.json").read_text())["rope_theta"] == 10000.0  # the trainer's default
     assert tokenizer.mask_token_id == model.config.mask_token_id
     rows = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
     assert rows and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
@@ -212,6 +212,56 @@ def test_kv_bridge_masks_the_recalled_value_at_its_gap(straight, task, gap_token
     assert bool((ids[context[:, 0], context[:, 1]] == info.special_ids["<|mdm_mask|>"]).all())
 
 
+@pytest.mark.parametrize("task,gap_tokens", [("ar0", 0), ("ar3", 3)])
+def test_bare_recall_rows_have_no_template_no_answer_loss_and_a_hidden_answer_region(straight, task, gap_tokens):
+    from tokenizers import Tokenizer
+
+    from maskkv.models.tiny import TinyTokenizerInfo
+    from maskkv.train.trainer import Stage, TrainConfig, diffusion_loss, make_batch
+
+    tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
+    meta = json.loads((straight / "tokenizer_meta.json").read_text())
+    info = TinyTokenizerInfo("llada", (straight / "tokenizer.json").read_text(), meta["num_regular"])
+    builder = TaskBuilder(tok, SyntheticFiller())
+    stage = Stage(64, 1, 6, 16, tasks={task: 0.5, "single": 0.5}, needles=[4, 4], synthetic=1.0)
+    ids, mask, answers, context, names = make_batch(builder, info, TrainConfig(out_dir="unused", seed=1), stage, 0)
+    bare = [i for i, name in enumerate(names) if name == task]
+    assert bare and len(bare) < len(names), names  # seed 1 gives a mixed batch
+    assert sorted(context[:, 0].tolist()) == bare and bool((context[:, 3] == 2).all())
+    specials = set(info.special_ids.values()) - {info.special_ids["<|mdm_mask|>"]}
+    a = answers.shape[1]
+    for row, position, value, _ in context.tolist():
+        visible = ids[row][mask[row].bool()].tolist()
+        assert not specials & set(visible)  # no chat template, no BOS, and the answer region is out of attention
+        assert int(mask[row, -a:].sum()) == 0 and int(mask[row, :-a].sum()) == len(visible)
+        assert position == ids.shape[1] - a - 1 and ids[row, position] == info.special_ids["<|mdm_mask|>"]
+        # 4 pairs and the query: the queried key sits gap + 1 tokens before the masked value, and its value is `value`
+        words = [tok.id_to_token(i) for i in visible]
+        assert len(words) == 5 * (gap_tokens + 2)
+        key = words[-gap_tokens - 2]
+        assert words[words.index(key) + gap_tokens + 1] == tok.id_to_token(value)
+    for row in set(range(len(names))) - set(bare):
+        assert bool(mask[row, -a:].all())
+    model = maskkv.load_model(str(straight / "model"))
+    loss, stats = diffusion_loss(model, ids, mask, answers, 0.1, torch.Generator().manual_seed(0), context)
+    assert "ar_acc" in stats and "ctx_acc" not in stats
+    # by hand: the SFT loss of the other rows plus the bare rows' value cross-entropy, weight 1
+    generator = torch.Generator().manual_seed(0)
+    b = answers.shape[0]
+    t = 0.1 + 0.9 * torch.rand(b, 1, generator=generator)
+    masked = torch.rand(b, a, generator=generator) < t
+    masked[bare] = False
+    noisy = ids.clone()
+    noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
+    with torch.no_grad():
+        hidden = model.hidden_states(noisy, mask)
+        ce = F.cross_entropy(model.project(hidden[:, -a:]).reshape(-1, model.config.vocab_size),
+                             answers.reshape(-1), reduction="none").view(b, a)
+        total = ((ce / t) * masked).sum()
+        total += F.cross_entropy(model.project(hidden[context[:, 0], context[:, 1]]), context[:, 2], reduction="sum")
+    torch.testing.assert_close(loss.detach(), total / (a * b), atol=1e-5, rtol=1e-5)
+
+
 def test_stage_lr_sets_that_stage_s_peak_and_leaves_the_default_schedule_alone():
     import math
 
@@ -238,10 +288,42 @@ def test_config_with_stage_options_round_trips_through_json():
 
 
 def test_rope_theta_flag_reaches_the_exported_config(tmp_path):
-    _run(tmp_path, "--rope-theta", "10000", "--stop-at-step", "1")
+    _run(tmp_path, "--rope-theta", "500000", "--stop-at-step", "1")
     raw = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert raw["rope_theta"] == 10000.0
-    assert maskkv.load_model(str(tmp_path / "model")).config.rope_theta == 10000.0
+    assert raw["rope_theta"] == 500000.0
+    assert maskkv.load_model(str(tmp_path / "model")).config.rope_theta == 500000.0
+
+
+def test_init_from_continues_from_the_base_run_s_weights_and_tokenizer(straight, tmp_path):
+    base = torch.load(straight / "state.pt", weights_only=True)["model"]
+    _run(tmp_path / "cont", "--init-from", str(straight), "--seed", "1", "--stop-at-step", "0")
+    exported = maskkv.load_model(str(tmp_path / "cont" / "model"), dtype=torch.float32).state_dict()
+    for name, value in base.items():  # the export is fp16: equal to the base weights at fp16 precision
+        torch.testing.assert_close(exported[name], value.half().float(), atol=0, rtol=0)
+    assert (tmp_path / "cont" / "tokenizer.json").read_text() == (straight / "tokenizer.json").read_text()
+    _run(tmp_path / "cont", "--init-from", str(straight), "--seed", "1")  # trains on, resumes its own state
+    assert json.loads((tmp_path / "cont" / "summary.json").read_text())["finished"]
+    from maskkv.cli import main
+
+    unfinished = tmp_path / "unfinished"
+    _run(unfinished, "--stop-at-step", "1")
+    result = CliRunner().invoke(main, ["train-tiny", "--out", str(tmp_path / "x"), *ARGS, "--init-from", str(unfinished)])
+    assert result.exit_code != 0 and "not a finished run folder" in result.output
+
+
+@pytest.mark.parametrize("curriculum", [None, "needle-first"])
+def test_cli_defaults_are_the_trainer_defaults_and_curricula_are_named(tmp_path, curriculum):
+    from maskkv.cli import main
+    from maskkv.train.trainer import TrainConfig, default_stages, needle_first_stages
+
+    args = ["train-tiny", "--out", str(tmp_path), "--filler", "synthetic", "--stop-at-step", "0", "--quiet"]
+    result = CliRunner().invoke(main, args + (["--curriculum", curriculum] if curriculum else []))
+    assert result.exit_code == 0, result.output
+    written = TrainConfig.from_json(json.loads((tmp_path / "train_config.json").read_text()))
+    expected = TrainConfig(out_dir=str(tmp_path), filler="synthetic", stop_at_step=0,
+                           stages=needle_first_stages() if curriculum else default_stages())
+    assert written == expected  # so `maskkv train-tiny --out DIR` is exactly the documented configuration
+    assert written.hidden_size == 128 and written.stages[0].tasks == ({"single": 1.0} if curriculum else {"ar0": 1.0})
 
 
 def test_qkv_bias_flag_trains_and_exports_the_biases(tmp_path):

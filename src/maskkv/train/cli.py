@@ -7,15 +7,17 @@ from pathlib import Path
 
 import click
 
-from .trainer import Stage, TrainConfig, default_stages, train
+from .trainer import Stage, TrainConfig, default_stages, long_context_stages, needle_first_stages, train
+
+CURRICULA = {"recall-first": default_stages, "long-context": long_context_stages, "needle-first": needle_first_stages}
 
 __all__ = ["train_tiny"]
 
 
-def _parse_stages(text: str | None) -> list[Stage]:
-    """``"128:3000:32,256:1500:16"`` (max_tokens:steps:batch[:min_tokens]) -> stages."""
+def _parse_stages(text: str | None, curriculum: str = "recall-first") -> list[Stage]:
+    """``"128:3000:32,256:1500:16"`` (max_tokens:steps:batch[:min_tokens]) -> stages; none: the named curriculum."""
     if not text:
-        return default_stages()
+        return CURRICULA[curriculum]()
     stages = []
     for part in text.split(","):
         fields = [int(x) for x in part.split(":")]
@@ -30,17 +32,22 @@ def _parse_stages(text: str | None) -> list[Stage]:
               help="Run folder: checkpoints, logs, and the exported model in OUT/model. Rerun to resume.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--layers", type=int, default=2, show_default=True)
-@click.option("--hidden", type=int, default=64, show_default=True)
+@click.option("--hidden", type=int, default=128, show_default=True)
 @click.option("--heads", type=int, default=4, show_default=True)
-@click.option("--mlp", type=int, default=128, show_default=True, help="SwiGLU hidden size.")
-@click.option("--rope-theta", type=float, default=500000.0, show_default=True, help="RoPE base (LLaDA-8B: 500000).")
+@click.option("--mlp", type=int, default=256, show_default=True, help="SwiGLU hidden size.")
+@click.option("--rope-theta", type=float, default=10000.0, show_default=True, help="RoPE base (LLaDA-8B: 500000).")
 @click.option("--qkv-bias/--no-qkv-bias", default=False, show_default=True,
               help="q/k/v biases (LLaDA's include_qkv_bias).")
 @click.option("--tie-embeddings/--no-tie-embeddings", default=True, show_default=True,
               help="Tie the LM head to the input embedding (LLaDA's weight_tying field).")
 @click.option("--vocab", type=int, default=3000, show_default=True, help="Regular BPE tokens.")
+@click.option("--curriculum", type=click.Choice(sorted(CURRICULA)), default="recall-first", show_default=True,
+              help="Named curriculum: recall-first (from scratch), long-context (a continuation: use with --init-from) "
+                   "or needle-first (the first two releases').")
 @click.option("--stages", default=None,
-              help="Curriculum 'max_tokens:steps:batch[:min_tokens],...' (default: the shipped model's).")
+              help="Own curriculum 'max_tokens:steps:batch[:min_tokens],...' (replaces --curriculum).")
+@click.option("--init-from", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Start from this finished run's final weights and tokenizer (fresh optimiser, step 0).")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--warmup", type=int, default=50, show_default=True)
 @click.option("--t-min", type=float, default=0.1, show_default=True, help="Lower clamp of the mask ratio t.")
@@ -56,18 +63,18 @@ def _parse_stages(text: str | None) -> list[Stage]:
 @click.option("--bf16", is_flag=True, help="CPU autocast to bfloat16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, rope_theta: float,
-               qkv_bias: bool, tie_embeddings: bool, vocab: int,
-               stages: str | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
+               qkv_bias: bool, tie_embeddings: bool, vocab: int, curriculum: str,
+               stages: str | None, init_from: Path | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
                eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
                quiet: bool) -> None:
     """Train the tiny LLaDA-architecture dLLM with the LLaDA SFT objective on long-context retrieval tasks."""
     if not 0 < t_min < 1:
         raise click.BadParameter(f"--t-min must be in (0, 1), got {t_min}")
     cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
-                      intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages), lr=lr, warmup=warmup,
+                      intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages, curriculum), lr=lr, warmup=warmup,
                       t_min=t_min, filler=filler, checkpoint_every=checkpoint_every, eval_every=eval_every,
                       threads=threads, max_minutes=max_minutes, bf16=bf16,
-                      stop_at_step=stop_at_step)
+                      stop_at_step=stop_at_step, init_from=str(init_from) if init_from else None)
     try:
         folder = train(cfg, progress=not quiet)
     except (ValueError, ImportError, OSError) as err:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 __all__ = [
     "ANSWER_TOKENS",
+    "BARE_KV_FORMATS",
     "KEYS",
     "TASKS",
     "TRAIN_TASKS",
@@ -53,7 +54,11 @@ TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
 # number is how many tokens sit between a key and its value (numbers are pre-tokenised apart from letters and
 # from their leading space, so "hunter87" is two tokens and "hunter 87" three).
 KV_FORMATS = {"kv0": "{key}{value}", "kv1": "{key} {value}", "kv2": "{key}: {value}", "kv3": "{key} is: {value}"}
-TRAIN_TASKS = (*TASKS, "recall", "lm", "repeat", *KV_FORMATS)
+# "ar0".."ar3": the same pairs as bare associative recall, "hunter87 kitten70 octopus57 kitten[70]": no words
+# around them and no chat template (the trainer encodes them raw and hides their answer region), the only shape in
+# which the lookup was learned from scratch within a few thousand steps (``scripts/probe_recall.py``).
+BARE_KV_FORMATS = {f"ar{kv[-1]}": form for kv, form in KV_FORMATS.items()}
+TRAIN_TASKS = (*TASKS, "recall", "lm", "repeat", *KV_FORMATS, *BARE_KV_FORMATS)
 ANSWER_TOKENS = 8  # the answer region: answer + <|eot_id|> + <|endoftext|> padding (= gen_length)
 HELD_OUT_ESSAYS = 10  # the last N essay files (sorted by name) are never used in training
 
@@ -279,25 +284,29 @@ def repeat_sample(rng: random.Random, target_tokens: int) -> Sample:
 
 
 def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None) -> Sample:
-    """The associative-recall bridge ``kv0``..``kv3``: key/value pairs, then one key again with its value masked.
+    """The associative-recall bridge ``kv0``..``kv3`` / ``ar0``..``ar3``: key/value pairs, then one key again with its
+    value masked.
 
     "Pairs: hunter87, kitten70, octopus57. Recall: kitten[70]." (the value in brackets is masked and supervised;
     no question, so the answer region holds only the end-of-turn tokens). The task number is the count of tokens
     between a key and its value: ``kv0`` "{key}{value}", ``kv1`` "{key} {value}", ``kv2`` "{key}: {value}",
     ``kv3`` "{key} is: {value}" (the magic-number needle's own tail). One query per sample, because in
     ``scripts/probe_recall.py`` a recall list with every key masked kept the model at chance for 6000 steps while
-    a single query was learned (``MODEL_CARD.md``, fifth-session probes).
+    a single query was learned (``MODEL_CARD.md``, fifth-session probes). ``ar*``: the bare form, pairs and query
+    joined by spaces only, "hunter87 kitten70 octopus57 kitten[70]" (the trainer adds no chat template).
     """
-    form = KV_FORMATS[task]
+    bare = task in BARE_KV_FORMATS
+    form = BARE_KV_FORMATS[task] if bare else KV_FORMATS[task]
     n = num_pairs if num_pairs is not None else rng.randint(2, 6)
     keys = rng.sample(KEYS, n)
     used: set[int] = set()
     values = [_value(rng, used) for _ in keys]
     asked = rng.randrange(n)
-    content = "Pairs: " + ", ".join(form.format(key=k, value=v) for k, v in zip(keys, values))
-    content += ".\n\nRecall: " + form.format(key=keys[asked], value="")
+    pairs = [form.format(key=k, value=v) for k, v in zip(keys, values)]
+    query = form.format(key=keys[asked], value="")
+    content = " ".join([*pairs, query]) if bare else "Pairs: " + ", ".join(pairs) + ".\n\nRecall: " + query
     target = (len(content), len(content) + len(str(values[asked])))
-    return Sample(task, content + str(values[asked]) + ".", "", [], [target])
+    return Sample(task, content + str(values[asked]) + ("" if bare else "."), "", [], [target])
 
 
 class TaskBuilder:
@@ -341,7 +350,7 @@ class TaskBuilder:
         """
         if task == "repeat":
             return repeat_sample(rng, target_tokens)
-        if task in KV_FORMATS:
+        if task in KV_FORMATS or task in BARE_KV_FORMATS:
             return kv_sample(task, rng, num_needles)
         if task == "lm":
             filler = self.synthetic if rng.random() < self.synthetic_share else self.filler

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from ..models.tiny import (
 from ..models.transformer import DiffusionTransformer
 from .data import (
     ANSWER_TOKENS,
+    BARE_KV_FORMATS,
     HEADER,
     KEYS,
     KV_FORMATS,
@@ -53,7 +55,8 @@ from .data import (
 )
 from .tokenizer import build_tokenizer, digit_strings
 
-__all__ = ["Stage", "TrainConfig", "build_model", "encode_chat", "export_checkpoint", "train"]
+__all__ = ["Stage", "TrainConfig", "build_model", "default_stages", "encode_chat", "export_checkpoint",
+           "long_context_stages", "needle_first_stages", "train"]
 
 CHAT_PREFIX = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
 CHAT_SUFFIX = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -77,8 +80,12 @@ class Stage:
         return self.min_tokens if self.min_tokens is not None else self.max_tokens // 2
 
 
-def default_stages() -> list[Stage]:
-    """The curriculum of the shipped model: learn the copy short, drill the key lookup, then lengthen."""
+def needle_first_stages() -> list[Stage]:
+    """The curriculum of the first two releases (d_model 64): learn the copy short, drill the key lookup, lengthen.
+
+    Its lookup drill never left chance level (``MODEL_CARD.md``); kept to reproduce those releases
+    (``--curriculum needle-first --hidden 64 --mlp 128 --rope-theta 500000``).
+    """
     lookup = {"single": 0.2, "multikey": 0.3, "recall": 0.5}
     return [
         # The gateway: copy the one needle's value, over the easy built-in filler.
@@ -92,6 +99,38 @@ def default_stages() -> list[Stage]:
     ]
 
 
+def default_stages() -> list[Stage]:
+    """The curriculum of the shipped model: bare associative recall first, then the same lookup in the chat
+    template, then the needles and length (``MODEL_CARD.md``)."""
+    def bare(tasks: dict[str, float], steps: int, needles: list[int]) -> Stage:
+        return Stage(64, steps, 64, 16, tasks=tasks, needles=needles)
+
+    return [
+        # Bare "hunter87 kitten70 ... kitten[70]": the only shape in which the lookup left its plateau from scratch
+        # (about step 1800); then the key moves away from its value one token at a time, to the needles' three
+        # ("kitten is: 70"), and only then the pair count varies (switching gap and count at once lost the lookup).
+        bare({"ar0": 1.0}, 2500, [4, 4]),
+        bare({"ar1": 1.0}, 300, [4, 4]),
+        bare({"ar2": 1.0}, 300, [4, 4]),
+        bare({"ar3": 1.0}, 600, [4, 4]),
+        bare({"ar3": 1.0}, 500, [2, 6]),
+        # The lookup in the chat template, the gateway (copy into the answer region) and the needles, short prompts.
+        Stage(160, 1500, 64, 64, tasks={"kv3": 0.3, "ar3": 0.1, "single": 0.3, "multikey": 0.3}, synthetic=1.0,
+              needles=[2, 6]),
+        Stage(160, 2000, 64, 64, tasks={"multikey": 0.5, "single": 0.3, "kv3": 0.1, "ar3": 0.1}, needles=[2, 6]),
+        # Then length, as in the release.
+        Stage(512, 1500, 16, 160, tasks={"single": 0.5, "multikey": 0.5}, needles=[2, 6]),
+        Stage(1024, 1500, 8, 512, tasks={"single": 0.5, "multikey": 0.5}),
+        Stage(2304, 1500, 8, 1536, tasks={"single": 0.5, "multikey": 0.5}),
+    ]
+
+
+def long_context_stages() -> list[Stage]:
+    """A continuation (``--init-from``) at the held-out lengths: 1-2.3k-token prompts, half single, half multi-key."""
+    tasks = {"single": 0.5, "multikey": 0.5}
+    return [Stage(1024, 800, 8, 512, tasks=tasks, lr=3e-4), Stage(2304, 1200, 8, 1536, tasks=tasks, lr=3e-4)]
+
+
 @dataclass
 class TrainConfig:
     """Everything that determines a run (saved beside the checkpoints)."""
@@ -99,10 +138,10 @@ class TrainConfig:
     out_dir: str
     seed: int = 0
     num_layers: int = 2
-    hidden_size: int = 64
+    hidden_size: int = 128  # d_model 64 rarely left the key-lookup plateau (MODEL_CARD.md); 128 did at ~1800 steps
     num_heads: int = 4
-    intermediate_size: int = 128
-    rope_theta: float = 500000.0  # LLaDA-8B's; smaller values give more rotary frequencies for short offsets
+    intermediate_size: int = 256
+    rope_theta: float = 10000.0  # LLaDA-8B has 500000; 10000 gives more rotary frequencies for short offsets
     qkv_bias: bool = False  # LLaDA's include_qkv_bias: q/k/v biases (a learnable attention-by-offset term under RoPE)
     number_init: bool = False  # shared init direction for digit-group embeddings (see build_model)
     tie_embeddings: bool = True  # LLaDA's weight_tying: copying a context token is far easier to learn tied
@@ -123,6 +162,7 @@ class TrainConfig:
     eval_every: int = 500
     threads: int = 1
     max_minutes: float | None = None  # wall-clock deadline of this invocation (checkpoint + stop)
+    init_from: str | None = None  # a finished run folder: its final weights and tokenizer start this run (fresh optimiser)
     bf16: bool = False  # CPU autocast to bfloat16
     stop_at_step: int | None = None  # stop (checkpoint + export) at this step, e.g. to reproduce a cut run
 
@@ -225,6 +265,17 @@ def encode_chat_targets(tokenizer, content: str, spans: list[tuple[int, int]]) -
     return enc.ids, positions
 
 
+def encode_bare_targets(tokenizer, content: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Ids of `` " " + content`` with no chat template (the bare ``ar*`` tasks) and the token index of each span."""
+    enc = tokenizer.encode(" " + content, add_special_tokens=False)
+    where = {span: i for i, span in enumerate(enc.offsets)}
+    try:
+        positions = [where[(a + 1, b + 1)] for a, b in spans]
+    except KeyError as err:
+        raise ValueError(f"a prompt target is not exactly one token: {err}") from None
+    return enc.ids, positions
+
+
 def answer_ids(tokenizer, info: TinyTokenizerInfo, answer: str, length: int = ANSWER_TOKENS) -> list[int]:
     """The answer region: answer tokens, ``<|eot_id|>``, then ``<|endoftext|>`` up to ``length``."""
     ids = tokenizer.encode(answer, add_special_tokens=False).ids + [info.special_ids["<|eot_id|>"]]
@@ -256,9 +307,11 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
     """Left-padded ``prompt | answer`` ids, attention mask, answer ids ``[B, A]``, prompt targets, tasks.
 
     Prompt targets (``[N, 4]``: row, position, token id, kind) are the ``recall`` task's recap values
-    (kind 0) and the masked filler tokens of ``lm`` samples (kind 1: LLaDA's pre-training objective,
-    each token masked with probability ``t ~ U(t_min, LM_MAX_RATIO)``); they are already replaced by the
-    mask token in the returned ids. ``lm`` rows have no answer (see :func:`diffusion_loss`).
+    (kind 0), the masked filler tokens of ``lm`` samples (kind 1: LLaDA's pre-training objective,
+    each token masked with probability ``t ~ U(t_min, LM_MAX_RATIO)``) and the queried value of the bare
+    ``ar*`` sequences (kind 2); they are already replaced by the mask token in the returned ids. ``lm`` and
+    ``ar*`` rows have no answer (see :func:`diffusion_loss`); an ``ar*`` row's answer region is also masked
+    out of attention, so the row is the bare sequence alone.
     """
     rng = step_rng(cfg.seed, step)
     target = rng.randint(stage.low, stage.max_tokens)
@@ -267,11 +320,16 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
     rows, answers, names, spans = [], [], [], []
     for _ in range(stage.batch):
         task = rng.choices(tasks, weights)[0]
-        count = rng.randint(*stage.needles) if task in ("multikey", "recall", *KV_FORMATS) and stage.needles else None
+        count = (rng.randint(*stage.needles) if task in ("multikey", "recall", *KV_FORMATS, *BARE_KV_FORMATS)
+                 and stage.needles else None)
         sample = builder.sample(task, target, rng, num_needles=count)
         ans = answer_ids(builder.tokenizer, info, sample.answer)
-        prompt, positions = encode_chat_targets(builder.tokenizer, sample.content, sample.context_targets)
-        kinds = [0] * len(positions)
+        if task in BARE_KV_FORMATS:
+            prompt, positions = encode_bare_targets(builder.tokenizer, sample.content, sample.context_targets)
+            kinds = [2] * len(positions)
+        else:
+            prompt, positions = encode_chat_targets(builder.tokenizer, sample.content, sample.context_targets)
+            kinds = [0] * len(positions)
         if task == "lm":
             ratio = rng.uniform(cfg.t_min, LM_MAX_RATIO)
             first, last = chat_content_range(builder.tokenizer, len(prompt))
@@ -289,6 +347,8 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r)
         mask[i, width - len(r):] = 1
+        if names[i] in BARE_KV_FORMATS:  # a bare sequence: its (unused) answer region stays out of attention
+            mask[i, width - len(answers[i]):] = 0
         for pos, kind in spans[i]:
             targets.append((i, width - len(r) + pos, r[pos], kind))
             ids[i, width - len(r) + pos] = mask_id
@@ -304,8 +364,8 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
     ``context`` (``[N, 4]``: row, position, token id, kind) adds prompt positions that are already
     masked in ``ids``: the ``recall`` recap (kind 0; cross-entropy with weight 1, as at t = 1) and the
     masked filler of ``lm`` rows (kind 1; each row's mean cross-entropy over its masked tokens, times
-    ``A``, so an ``lm`` row weighs like one answer). ``lm`` rows (those with kind-1 targets) have no
-    answer loss.
+    ``A``, so an ``lm`` row weighs like one answer) and the queried values of bare ``ar*`` rows (kind 2;
+    weight 1). Rows with kind-1 or kind-2 targets have no answer loss.
     """
     b, a = answers.shape
     t = t_min + (1 - t_min) * torch.rand(b, 1, generator=generator)
@@ -314,10 +374,11 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
     if none.any():  # at least one masked token per sample (else that sample has no loss at all)
         masked[none, torch.randint(0, a, (int(none.sum()),), generator=generator)] = True
     lm = None if context is None or not len(context) else context[:, 3] == 1
-    if lm is not None and bool(lm.any()):  # pre-training rows: no answer to learn
-        lm_rows = torch.zeros(b, dtype=torch.bool)
-        lm_rows[context[lm, 0]] = True
-        masked = masked & ~lm_rows[:, None]
+    bare = None if context is None or not len(context) else context[:, 3] == 2
+    if lm is not None and bool((lm | bare).any()):  # pre-training and bare rows: no answer to learn
+        no_answer = torch.zeros(b, dtype=torch.bool)
+        no_answer[context[lm | bare, 0]] = True
+        masked = masked & ~no_answer[:, None]
     noisy = ids.clone()
     noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
     attention = None if bool(mask.all()) else mask
@@ -337,8 +398,11 @@ def diffusion_loss(model: DiffusionTransformer, ids: torch.Tensor, mask: torch.T
             total = total + ctx_ce.sum()
         with torch.no_grad():
             hit = (ctx_logits.argmax(-1) == context[:, 2]).float()
-            if bool((~lm).any()):
-                stats["ctx_acc"] = hit[~lm].mean().item()
+            recap = context[:, 3] == 0
+            if bool(recap.any()):
+                stats["ctx_acc"] = hit[recap].mean().item()
+            if bool(bare.any()):
+                stats["ar_acc"] = hit[bare].mean().item()
             if bool(lm.any()):
                 stats["lm_acc"] = hit[lm].mean().item()
     loss = total / (a * b)  # per sample / answer length (A), mean over the batch
@@ -449,6 +513,13 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
 
     filler = make_filler(cfg.filler, "train")
     tok_path = out / "tokenizer.json"
+    base = Path(cfg.init_from) if cfg.init_from else None
+    if base is not None and not tok_path.exists():
+        summary = base / "summary.json"
+        if not summary.is_file() or not json.loads(summary.read_text()).get("finished"):
+            raise ValueError(f"--init-from {base}: not a finished run folder (no summary.json with finished: true)")
+        for name in ("tokenizer.json", "tokenizer_meta.json"):
+            shutil.copyfile(base / name, out / name)
     if tok_path.exists():
         meta = json.loads((out / "tokenizer_meta.json").read_text())
         info = TinyTokenizerInfo("llada", tok_path.read_text(), meta["num_regular"])
@@ -472,6 +543,12 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
+    elif base is not None:  # continue from the base run's final weights: new curriculum, step 0, fresh optimiser
+        weights = torch.load(base / "state.pt", map_location="cpu", weights_only=True)["model"]
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as err:
+            raise ValueError(f"--init-from {base}: its weights do not fit this run's shapes ({err})") from None
     builder = TaskBuilder(tokenizer, filler, synthetic_share=cfg.synthetic_share)
     total = cfg.total_steps
     deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes else None
@@ -506,7 +583,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         if step % 25 == 0 or step == total:
             _log(out / "log.jsonl", {"step": step, "stage": index, "tokens": ids.shape[1], "loss": ema["loss"],
                                      "acc": ema["acc"], "ce": ema["ce"],
-                                     **{k: ema[k] for k in ("ctx_acc", "lm_acc") if k in ema}, "gnorm": gnorm, "lr": lr_at(cfg, step - 1),
+                                     **{k: ema[k] for k in ("ctx_acc", "lm_acc", "ar_acc") if k in ema}, "gnorm": gnorm, "lr": lr_at(cfg, step - 1),
                                      "elapsed": elapsed_before + time.time() - start_time})
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
             quick = quick_eval(model, builder, info, min(stage.max_tokens, 1024))
