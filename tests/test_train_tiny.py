@@ -41,6 +41,22 @@ def straight(tmp_path_factory):
     return out
 
 
+@torch.no_grad()
+def _answer_loss_by_hand(model, ids, mask, answers, rows_without_answer: list[int]):
+    """Hidden states and the summed 1/t-weighted answer cross-entropy of ``diffusion_loss`` (t_min 0.1, seed 0)."""
+    generator = torch.Generator().manual_seed(0)
+    b, a = answers.shape
+    t = 0.1 + 0.9 * torch.rand(b, 1, generator=generator)
+    masked = torch.rand(b, a, generator=generator) < t
+    masked[rows_without_answer] = False
+    noisy = ids.clone()
+    noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
+    hidden = model.hidden_states(noisy, mask)
+    ce = F.cross_entropy(model.project(hidden[:, -a:]).reshape(-1, model.config.vocab_size), answers.reshape(-1),
+                         reduction="none").view(b, a)
+    return hidden, ((ce / t) * masked).sum()
+
+
 def test_smoke_run_exports_a_loadable_llada_checkpoint(straight):
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["finished"] and summary["step"] == 6
@@ -146,19 +162,9 @@ def test_lm_task_masks_filler_tokens_and_weighs_each_row_like_one_answer(straigh
     loss, stats = diffusion_loss(model, ids, mask, answers, 0.1, generator, context)
     assert "lm_acc" in stats and "ctx_acc" not in stats
     # by hand: answer rows as in the SFT loss, each lm row A x its mean CE over masked filler
-    generator = torch.Generator().manual_seed(0)
     b, a = answers.shape
-    t = 0.1 + 0.9 * torch.rand(b, 1, generator=generator)
-    masked = torch.rand(b, a, generator=generator) < t
-    for row in lm_rows:
-        masked[row] = False
-    noisy = ids.clone()
-    noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
+    hidden, total = _answer_loss_by_hand(model, ids, mask, answers, sorted(lm_rows))
     with torch.no_grad():
-        hidden = model.hidden_states(noisy, mask)
-        answer_ce = F.cross_entropy(model.project(hidden[:, -a:]).reshape(-1, model.config.vocab_size),
-                                    answers.reshape(-1), reduction="none").view(b, a)
-        total = ((answer_ce / t) * masked).sum()
         for row in lm_rows:
             sel = context[context[:, 0] == row]
             total += a * F.cross_entropy(model.project(hidden[row, sel[:, 1]]), sel[:, 2])
@@ -246,18 +252,9 @@ def test_bare_recall_rows_have_no_template_no_answer_loss_and_a_hidden_answer_re
     loss, stats = diffusion_loss(model, ids, mask, answers, 0.1, torch.Generator().manual_seed(0), context)
     assert "ar_acc" in stats and "ctx_acc" not in stats
     # by hand: the SFT loss of the other rows plus the bare rows' value cross-entropy, weight 1
-    generator = torch.Generator().manual_seed(0)
     b = answers.shape[0]
-    t = 0.1 + 0.9 * torch.rand(b, 1, generator=generator)
-    masked = torch.rand(b, a, generator=generator) < t
-    masked[bare] = False
-    noisy = ids.clone()
-    noisy[:, -a:] = torch.where(masked, torch.full_like(answers, model.config.mask_token_id), answers)
+    hidden, total = _answer_loss_by_hand(model, ids, mask, answers, bare)
     with torch.no_grad():
-        hidden = model.hidden_states(noisy, mask)
-        ce = F.cross_entropy(model.project(hidden[:, -a:]).reshape(-1, model.config.vocab_size),
-                             answers.reshape(-1), reduction="none").view(b, a)
-        total = ((ce / t) * masked).sum()
         total += F.cross_entropy(model.project(hidden[context[:, 0], context[:, 1]]), context[:, 2], reduction="sum")
     torch.testing.assert_close(loss.detach(), total / (a * b), atol=1e-5, rtol=1e-5)
 
