@@ -256,24 +256,22 @@ def encode_chat_targets(tokenizer, content: str, spans: list[tuple[int, int]]) -
     if content != content.strip():
         raise ValueError("prompt targets need a content without surrounding whitespace")
     enc = tokenizer.encode(CHAT_PREFIX + content + CHAT_SUFFIX, add_special_tokens=False)
+    return enc.ids, _token_positions(enc, spans, len(CHAT_PREFIX))
+
+
+def _token_positions(enc, spans: list[tuple[int, int]], shift: int) -> list[int]:
+    """Token index of each character span (shifted by ``shift`` characters) of an encoding; one token each."""
     where = {span: i for i, span in enumerate(enc.offsets)}
-    shift = len(CHAT_PREFIX)
     try:
-        positions = [where[(a + shift, b + shift)] for a, b in spans]
+        return [where[(a + shift, b + shift)] for a, b in spans]
     except KeyError as err:
         raise ValueError(f"a prompt target is not exactly one token: {err}") from None
-    return enc.ids, positions
 
 
 def encode_bare_targets(tokenizer, content: str, spans: list[tuple[int, int]]) -> tuple[list[int], list[int]]:
     """Ids of `` " " + content`` with no chat template (the bare ``ar*`` tasks) and the token index of each span."""
     enc = tokenizer.encode(" " + content, add_special_tokens=False)
-    where = {span: i for i, span in enumerate(enc.offsets)}
-    try:
-        positions = [where[(a + 1, b + 1)] for a, b in spans]
-    except KeyError as err:
-        raise ValueError(f"a prompt target is not exactly one token: {err}") from None
-    return enc.ids, positions
+    return enc.ids, _token_positions(enc, spans, 1)
 
 
 def answer_ids(tokenizer, info: TinyTokenizerInfo, answer: str, length: int = ANSWER_TOKENS) -> list[int]:
