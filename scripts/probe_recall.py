@@ -91,10 +91,10 @@ def main() -> None:
     def batch(gap: int, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Padded ids [B, T], (row, position) of every masked value [N, 2], their targets [N]."""
         rows, where, targets = [], [], []
+        padded = step >= args.pad_from
         for r in range(args.batch):
             n = rng.randint(*pair_range)
             ks, vs = rng.sample(keys, n), rng.sample(values, n)
-            padded = step >= args.pad_from
             seq: list[int] = [pad_id] * (pad_before if padded else 0)
             for k, v in zip(ks, vs):
                 seq += [k, *gap_ids[:gap], v]
