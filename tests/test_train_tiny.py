@@ -106,6 +106,29 @@ def test_tasks_and_tokenizer_invariants(straight):
         task_parts("nope", rng)
 
 
+def test_answer_region_uses_the_prompt_s_tokens_for_words_and_bare_digits_for_numbers(straight):
+    from types import SimpleNamespace
+
+    from tokenizers import Tokenizer
+
+    from maskkv.cli import decode_answer
+    from maskkv.train.data import VAR_NAMES
+    from maskkv.train.trainer import answer_ids
+
+    tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
+    eot, pad = tok.token_to_id("<|eot_id|>"), tok.token_to_id("<|endoftext|>")
+    info = SimpleNamespace(special_ids={"<|eot_id|>": eot, "<|endoftext|>": pad})
+    names = " ".join(VAR_NAMES[:3])  # a vt answer: the prompt has " RCY" as one token, a bare "RCY" is split
+    spaced = tok.encode(" " + names, add_special_tokens=False).ids
+    assert len(spaced) < len(tok.encode(names, add_special_tokens=False).ids)
+    ids = answer_ids(tok, info, names)
+    assert ids[: len(spaced)] == spaced and ids[len(spaced)] == eot and set(ids[len(spaced) + 1 :]) == {pad}
+    for number in ("42", "48108", "23, 21"):  # numbers: " 42" would add the space as a token of its own
+        bare = tok.encode(number, add_special_tokens=False).ids
+        assert answer_ids(tok, info, number)[: len(bare) + 1] == [*bare, eot]
+    assert decode_answer(maskkv.load_tokenizer(straight / "model"), torch.tensor(ids)) == names
+
+
 def test_recall_task_supervises_the_recap_values(straight):
     from tokenizers import Tokenizer
 
@@ -342,3 +365,28 @@ def test_resume_accepts_a_run_config_written_before_a_new_field(tmp_path):
     del old["qkv_bias"]  # as written by an older maskkv
     path.write_text(json.dumps(old))
     assert "finished" in _run(tmp_path)
+
+
+def test_tasks_flag_sets_the_weights_of_own_stages_and_names_bad_input(tmp_path):
+    from maskkv.cli import main
+    from maskkv.train.trainer import TrainConfig
+
+    base = ["train-tiny", "--out", str(tmp_path), "--filler", "synthetic", "--stop-at-step", "0", "--quiet"]
+    ok = CliRunner().invoke(main, [*base, "--stages", "96:3:2", "--tasks", "passkey=0.2,vt=0.8"])
+    assert ok.exit_code == 0, ok.output
+    written = TrainConfig.from_json(json.loads((tmp_path / "train_config.json").read_text()))
+    assert written.task_weights == {"passkey": 0.2, "vt": 0.8} and written.stages[0].tasks is None
+    for args, message in ((["--stages", "96:3:2", "--tasks", "passkee=1"], "unknown task 'passkee'"),
+                          (["--stages", "96:3:2", "--tasks", "vt=x"], "expected task=weight"),
+                          (["--stages", "96:3:2", "--tasks", "vt=0"], "weights must be positive"),
+                          (["--tasks", "vt=1"], "--tasks applies to --stages")):
+        bad = CliRunner().invoke(main, [*base[:2], str(tmp_path / "bad"), *base[3:], *args])
+        assert bad.exit_code != 0 and message in bad.output, bad.output
+
+
+def test_the_documented_recipe_trains_every_evaluated_task():
+    from maskkv.train.trainer import default_stages, long_context_stages
+
+    trained = {task for stage in default_stages() + long_context_stages() for task in (stage.tasks or {})}
+    assert set(TASKS) <= trained, set(TASKS) - trained
+    assert all(abs(sum(stage.tasks.values()) - 1) < 1e-9 for stage in long_context_stages())

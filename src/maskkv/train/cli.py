@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .data import TRAIN_TASKS
 from .trainer import Stage, TrainConfig, default_stages, long_context_stages, needle_first_stages, train
 
 CURRICULA = {"recall-first": default_stages, "long-context": long_context_stages, "needle-first": needle_first_stages}
@@ -25,6 +26,25 @@ def _parse_stages(text: str | None, curriculum: str = "recall-first") -> list[St
             raise click.BadParameter(f"stage {part!r}: expected max_tokens:steps:batch[:min_tokens], positive ints")
         stages.append(Stage(*fields))
     return stages
+
+
+def _parse_tasks(text: str | None) -> dict[str, float] | None:
+    """``"single=0.4,multikey=0.4,passkey=0.2"`` -> task weights (None: the trainer's default)."""
+    if not text:
+        return None
+    weights = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        if name not in TRAIN_TASKS:
+            raise click.BadParameter(f"unknown task {name!r}; expected one of {', '.join(TRAIN_TASKS)}",
+                                     param_hint="--tasks")
+        try:
+            weights[name] = float(weight)
+        except ValueError:
+            raise click.BadParameter(f"{part!r}: expected task=weight, e.g. passkey=0.2", param_hint="--tasks") from None
+        if weights[name] <= 0:
+            raise click.BadParameter(f"{part!r}: weights must be positive", param_hint="--tasks")
+    return weights
 
 
 @click.command(name="train-tiny")
@@ -46,6 +66,9 @@ def _parse_stages(text: str | None, curriculum: str = "recall-first") -> list[St
                    "or needle-first (the first two releases').")
 @click.option("--stages", default=None,
               help="Own curriculum 'max_tokens:steps:batch[:min_tokens],...' (replaces --curriculum).")
+@click.option("--tasks", default=None,
+              help="Task weights of the --stages stages, e.g. 'single=0.4,multikey=0.4,passkey=0.2' "
+                   "(default: single=0.5,multikey=0.5; named curricula set their own per stage).")
 @click.option("--init-from", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Start from this finished run's final weights and tokenizer (fresh optimiser, step 0).")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -64,16 +87,21 @@ def _parse_stages(text: str | None, curriculum: str = "recall-first") -> list[St
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, rope_theta: float,
                qkv_bias: bool, tie_embeddings: bool, vocab: int, curriculum: str,
-               stages: str | None, init_from: Path | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
+               stages: str | None, tasks: str | None, init_from: Path | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
                eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
                quiet: bool) -> None:
     """Train the tiny LLaDA-architecture dLLM with the LLaDA SFT objective on long-context retrieval tasks."""
     if not 0 < t_min < 1:
         raise click.BadParameter(f"--t-min must be in (0, 1), got {t_min}")
+    task_weights = _parse_tasks(tasks)
+    if task_weights and not stages:
+        raise click.BadParameter("--tasks applies to --stages (named curricula set their own tasks per stage)",
+                                 param_hint="--tasks")
     cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
                       intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages, curriculum), lr=lr, warmup=warmup,
                       t_min=t_min, filler=filler, checkpoint_every=checkpoint_every, eval_every=eval_every,
                       threads=threads, max_minutes=max_minutes, bf16=bf16,
+                      **({"task_weights": task_weights} if task_weights else {}),
                       stop_at_step=stop_at_step, init_from=str(init_from) if init_from else None)
     try:
         folder = train(cfg, progress=not quiet)

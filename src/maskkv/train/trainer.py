@@ -126,9 +126,10 @@ def default_stages() -> list[Stage]:
 
 
 def long_context_stages() -> list[Stage]:
-    """A continuation (``--init-from``) at the held-out lengths: 1-2.3k-token prompts, half single, half multi-key."""
-    tasks = {"single": 0.5, "multikey": 0.5}
-    return [Stage(1024, 800, 8, 512, tasks=tasks, lr=3e-4), Stage(2304, 1200, 8, 1536, tasks=tasks, lr=3e-4)]
+    """A continuation (``--init-from``) at the held-out lengths: 0.5-2.3k-token prompts, 90 % single and multi-key,
+    10 % the three tasks that the short stages leave out (pass key, multi-value, variable tracking)."""
+    tasks = {"single": 0.45, "multikey": 0.45, "passkey": 0.04, "multivalue": 0.03, "vt": 0.03}
+    return [Stage(1024, 800, 8, 512, tasks=tasks, lr=3e-4), Stage(2304, 1500, 8, 1536, tasks=tasks, lr=3e-4)]
 
 
 @dataclass
@@ -275,8 +276,16 @@ def encode_bare_targets(tokenizer, content: str, spans: list[tuple[int, int]]) -
 
 
 def answer_ids(tokenizer, info: TinyTokenizerInfo, answer: str, length: int = ANSWER_TOKENS) -> list[int]:
-    """The answer region: answer tokens, ``<|eot_id|>``, then ``<|endoftext|>`` up to ``length``."""
-    ids = tokenizer.encode(answer, add_special_tokens=False).ids + [info.special_ids["<|eot_id|>"]]
+    """The answer region: answer tokens, ``<|eot_id|>``, then ``<|endoftext|>`` up to ``length``.
+
+    The answer is encoded with a leading space when that takes fewer tokens: words follow a space in the prompt,
+    so the tokenizer has ``" RCY"`` (one token) but splits a bare ``"RCY"`` (two), and the answer should be the
+    tokens the model can copy from the prompt (``vt``). Numbers are pre-tokenised apart from their space, so
+    numeric answers keep their bare encoding. Decoding strips the space (``cli.decode_answer``).
+    """
+    ids = tokenizer.encode(answer, add_special_tokens=False).ids
+    spaced = tokenizer.encode(" " + answer, add_special_tokens=False).ids
+    ids = (spaced if len(spaced) < len(ids) else ids) + [info.special_ids["<|eot_id|>"]]
     if len(ids) > length:
         raise ValueError(f"answer {answer!r} needs {len(ids)} tokens > answer region {length}")
     return ids + [info.special_ids["<|endoftext|>"]] * (length - len(ids))
