@@ -383,10 +383,3 @@ def test_tasks_flag_sets_the_weights_of_own_stages_and_names_bad_input(tmp_path)
         bad = CliRunner().invoke(main, [*base[:2], str(tmp_path / "bad"), *base[3:], *args])
         assert bad.exit_code != 0 and message in bad.output, bad.output
 
-
-def test_the_documented_recipe_trains_every_evaluated_task():
-    from maskkv.train.trainer import default_stages, long_context_stages
-
-    trained = {task for stage in default_stages() + long_context_stages() for task in (stage.tasks or {})}
-    assert set(TASKS) <= trained, set(TASKS) - trained
-    assert all(abs(sum(stage.tasks.values()) - 1) < 1e-9 for stage in long_context_stages())
