@@ -383,3 +383,46 @@ def test_tasks_flag_sets_the_weights_of_own_stages_and_names_bad_input(tmp_path)
         bad = CliRunner().invoke(main, [*base[:2], str(tmp_path / "bad"), *base[3:], *args])
         assert bad.exit_code != 0 and message in bad.output, bad.output
 
+
+
+def test_stage_values_widen_the_magic_numbers_half_by_digit_count_and_leave_the_default_draws_alone(straight):
+    from tokenizers import Tokenizer
+
+    from maskkv.models.tiny import TinyTokenizerInfo
+    from maskkv.train.data import VALUE_RANGE, _value
+    from maskkv.train.trainer import Stage, TrainConfig, make_batch
+
+    # A one-width range draws one randint per value, as before the option existed (the held-out set depends on it).
+    for seed in range(20):
+        assert _value(random.Random(seed), set()) == random.Random(seed).randint(*VALUE_RANGE)
+
+    tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
+    meta = json.loads((straight / "tokenizer_meta.json").read_text())
+    info = TinyTokenizerInfo("llada", (straight / "tokenizer.json").read_text(), meta["num_regular"])
+    builder = TaskBuilder(tok, SyntheticFiller())
+    widths = []
+    for task in ("ar3", "kv3", "single", "multikey"):
+        stage = Stage(160, 1, 40, 64, tasks={task: 1.0}, needles=[4, 4], values=[10, 999])
+        ids, _, answers, context, _ = make_batch(builder, info, TrainConfig(out_dir="unused"), stage, 0)
+        if task in ("single", "multikey"):
+            texts = [tok.decode(row.tolist()).split("<")[0].strip() for row in answers]
+        else:
+            texts = [tok.id_to_token(int(t)) for t in context[:, 2]]  # the masked value: one token
+        assert all(t.isdigit() and 10 <= int(t) <= 999 for t in texts), texts
+        widths += [len(t) for t in texts]
+    share = widths.count(3) / len(widths)
+    assert 0.35 < share < 0.65, share  # the digit count is drawn first: about half 3-digit, not 91 %
+
+
+def test_digit_group_flag_cuts_numbers_into_two_digit_tokens(tmp_path):
+    _run(tmp_path, "--digit-group", "2", "--stop-at-step", "1")
+    tok = maskkv.load_tokenizer(str(tmp_path / "model"))
+    pieces = [tok.decode([i]) for i in tok.encode("17192", add_special_tokens=False)]
+    assert pieces == ["17", "19", "2"]
+    assert all(len(tok.encode(s, add_special_tokens=False)) == 1 for s in digit_strings(2))
+    assert len(tok.encode("123", add_special_tokens=False)) == 2  # no 3-digit token
+    assert json.loads((tmp_path / "train_config.json").read_text())["digit_group"] == 2
+    with pytest.raises(ValueError, match="digit_group must be 1, 2 or 3"):
+        from maskkv.train.tokenizer import pretokenize_regex
+
+        pretokenize_regex(4)

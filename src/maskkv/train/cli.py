@@ -61,6 +61,8 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
 @click.option("--tie-embeddings/--no-tie-embeddings", default=True, show_default=True,
               help="Tie the LM head to the input embedding (LLaDA's weight_tying field).")
 @click.option("--vocab", type=int, default=3000, show_default=True, help="Regular BPE tokens.")
+@click.option("--digit-group", type=click.IntRange(1, 3), default=3, show_default=True,
+              help="Most digits per number token (3: LLaMA-3's pre-tokeniser; 2: 5-digit pass keys are 3 tokens).")
 @click.option("--curriculum", type=click.Choice(sorted(CURRICULA)), default="recall-first", show_default=True,
               help="Named curriculum: recall-first (from scratch), long-context (a continuation: use with --init-from) "
                    "or needle-first (the first two releases').")
@@ -86,7 +88,7 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
 @click.option("--bf16", is_flag=True, help="CPU autocast to bfloat16.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, rope_theta: float,
-               qkv_bias: bool, tie_embeddings: bool, vocab: int, curriculum: str,
+               qkv_bias: bool, tie_embeddings: bool, vocab: int, digit_group: int, curriculum: str,
                stages: str | None, tasks: str | None, init_from: Path | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
                eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
                quiet: bool) -> None:
@@ -98,7 +100,8 @@ def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, m
         raise click.BadParameter("--tasks applies to --stages (named curricula set their own tasks per stage)",
                                  param_hint="--tasks")
     cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
-                      intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab, stages=_parse_stages(stages, curriculum), lr=lr, warmup=warmup,
+                      intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab,
+                      digit_group=digit_group, stages=_parse_stages(stages, curriculum), lr=lr, warmup=warmup,
                       t_min=t_min, filler=filler, checkpoint_every=checkpoint_every, eval_every=eval_every,
                       threads=threads, max_minutes=max_minutes, bf16=bf16,
                       **({"task_weights": task_weights} if task_weights else {}),

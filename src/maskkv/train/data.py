@@ -207,29 +207,41 @@ VALUE_RANGE = (10, 99)
 
 
 def _value(rng: random.Random, used: set[int], low: int = VALUE_RANGE[0], high: int = VALUE_RANGE[1]) -> int:
+    """A value of ``low..high`` not in ``used``. A range over several digit counts draws the count first (uniformly),
+    so that 2-digit values keep half the draws of 10-999; a range of one digit count draws nothing extra."""
+    widths = range(len(str(low)), len(str(high)) + 1)
     while True:
-        v = rng.randint(low, high)
+        if len(widths) > 1:
+            digits = rng.choice(widths)
+            v = rng.randint(max(low, 10 ** (digits - 1)), min(high, 10**digits - 1))
+        else:
+            v = rng.randint(low, high)
         if v not in used:
             used.add(v)
             return v
 
 
-def task_parts(task: str, rng: random.Random, *, num_needles: int | None = None) -> tuple[list[str], str, str, list[str]]:
-    """Needle sentences (in order), question, answer text and references of one ``task`` instance."""
+def task_parts(task: str, rng: random.Random, *, num_needles: int | None = None,
+               value_range: tuple[int, int] = VALUE_RANGE) -> tuple[list[str], str, str, list[str]]:
+    """Needle sentences (in order), question, answer text and references of one ``task`` instance.
+
+    ``value_range``: the range of the magic numbers (``single``, ``multikey``, ``multivalue``); ``passkey`` and
+    ``vt`` keep their 5-digit numbers."""
     used: set[int] = set()
+    low, high = value_range
     if task == "passkey":
         key = rng.randint(10000, 99999)
         return ([f"The pass key is {key}. Remember it. {key} is the pass key."], "What is the pass key?",
                 str(key), [str(key)])
     if task == "single":
         key = rng.choice(KEYS)
-        value = _value(rng, used)
+        value = _value(rng, used, low, high)
         question = f"What is the special magic number for {key} mentioned in the provided text?"
         return [magic_needle(key, value)], question, str(value), [str(value)]
     if task in ("multikey", "recall"):
         n = num_needles if num_needles is not None else rng.randint(2, 6)
         keys = rng.sample(KEYS, n)
-        values = [_value(rng, used) for _ in keys]
+        values = [_value(rng, used, low, high) for _ in keys]
         needles = [magic_needle(k, v) for k, v in zip(keys, values)]
         target = rng.randrange(n)
         rng.shuffle(needles)
@@ -237,8 +249,8 @@ def task_parts(task: str, rng: random.Random, *, num_needles: int | None = None)
         return needles, question, str(values[target]), [str(values[target])]
     if task == "multivalue":
         keys = rng.sample(KEYS, 3)
-        values = [_value(rng, used) for _ in range(rng.randint(2, 3))]
-        others = [magic_needle(k, _value(rng, used)) for k in keys[1 : 1 + rng.randint(1, 2)]]
+        values = [_value(rng, used, low, high) for _ in range(rng.randint(2, 3))]
+        others = [magic_needle(k, _value(rng, used, low, high)) for k in keys[1 : 1 + rng.randint(1, 2)]]
         needles = [magic_needle(keys[0], v) for v in values] + others
         # Keep the target values in their order of appearance: shuffle slots, then refill in order.
         rng.shuffle(needles)
@@ -283,7 +295,8 @@ def repeat_sample(rng: random.Random, target_tokens: int) -> Sample:
     return Sample("repeat", content + ".", "", [], targets)
 
 
-def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None) -> Sample:
+def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None,
+              value_range: tuple[int, int] = VALUE_RANGE) -> Sample:
     """The associative-recall bridge ``kv0``..``kv3`` / ``ar0``..``ar3``: key/value pairs, then one key again with its
     value masked.
 
@@ -300,7 +313,7 @@ def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None) -> Sa
     n = num_pairs if num_pairs is not None else rng.randint(2, 6)
     keys = rng.sample(KEYS, n)
     used: set[int] = set()
-    values = [_value(rng, used) for _ in keys]
+    values = [_value(rng, used, *value_range) for _ in keys]
     asked = rng.randrange(n)
     pairs = [form.format(key=k, value=v) for k, v in zip(keys, values)]
     query = form.format(key=keys[asked], value="")
@@ -342,7 +355,7 @@ class TaskBuilder:
                 total += n
 
     def sample(self, task: str, target_tokens: int, rng: random.Random, *, depth: float | None = None,
-               num_needles: int | None = None) -> Sample:
+               num_needles: int | None = None, value_range: tuple[int, int] = VALUE_RANGE) -> Sample:
         """A ``task`` instance whose full chat prompt has at most about ``target_tokens`` tokens.
 
         ``depth`` in [0, 1] puts all needles near that relative position (default: each at random).
@@ -351,12 +364,12 @@ class TaskBuilder:
         if task == "repeat":
             return repeat_sample(rng, target_tokens)
         if task in KV_FORMATS or task in BARE_KV_FORMATS:
-            return kv_sample(task, rng, num_needles)
+            return kv_sample(task, rng, num_needles, value_range)
         if task == "lm":
             filler = self.synthetic if rng.random() < self.synthetic_share else self.filler
             sentences = self._consecutive(filler, rng, max(0, target_tokens - 24), chunk=16, at_least_one=True)
             return Sample(task, " ".join(sentences), "", [])
-        needles, question, answer, refs = task_parts(task, rng, num_needles=num_needles)
+        needles, question, answer, refs = task_parts(task, rng, num_needles=num_needles, value_range=value_range)
         overhead = 24 + self.count(HEADER) + self.count(question) + sum(self.count(n) for n in needles)
         if task == "recall":  # the recap is about as long as the needles
             overhead += sum(self.count(n) for n in needles)

@@ -48,6 +48,7 @@ from .data import (
     KEYS,
     KV_FORMATS,
     TASKS,
+    VALUE_RANGE,
     VAR_NAMES,
     EssayFiller,
     SyntheticFiller,
@@ -74,6 +75,7 @@ class Stage:
     synthetic: float | None = None  # share of built-in-grammar filler (default: TrainConfig.synthetic_share)
     needles: list[int] | None = None  # [low, high] needle count of ``multikey`` samples (default: 2-6)
     lr: float | None = None  # this stage's peak learning rate (default: TrainConfig.lr); the schedule scales it
+    values: list[int] | None = None  # [low, high] of the magic numbers and pair values (default: data.VALUE_RANGE)
 
     @property
     def low(self) -> int:
@@ -146,6 +148,7 @@ class TrainConfig:
     number_init: bool = False  # shared init direction for digit-group embeddings (see build_model)
     tie_embeddings: bool = True  # LLaDA's weight_tying: copying a context token is far easier to learn tied
     vocab_size: int = 3000  # regular BPE tokens (the embedding adds the specials, rounded up to 64)
+    digit_group: int = 3  # most digits per number token (3: LLaMA-3; 2: a 5-digit pass key is 3 two-digit tokens)
     stages: list[Stage] = field(default_factory=default_stages)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -328,7 +331,7 @@ def make_batch(builder: TaskBuilder, info: TinyTokenizerInfo, cfg: TrainConfig, 
         task = rng.choices(tasks, weights)[0]
         count = (rng.randint(*stage.needles) if task in ("multikey", "recall", *KV_FORMATS, *BARE_KV_FORMATS)
                  and stage.needles else None)
-        sample = builder.sample(task, target, rng, num_needles=count)
+        sample = builder.sample(task, target, rng, num_needles=count, value_range=tuple(stage.values or VALUE_RANGE))
         ans = answer_ids(builder.tokenizer, info, sample.answer)
         if task in BARE_KV_FORMATS:
             prompt, positions = encode_bare_targets(builder.tokenizer, sample.content, sample.context_targets)
@@ -530,13 +533,13 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         meta = json.loads((out / "tokenizer_meta.json").read_text())
         info = TinyTokenizerInfo("llada", tok_path.read_text(), meta["num_regular"])
     else:
-        info = build_tokenizer(tokenizer_corpus(filler), vocab_size=cfg.vocab_size)
+        info = build_tokenizer(tokenizer_corpus(filler), vocab_size=cfg.vocab_size, digit_group=cfg.digit_group)
         tok_path.write_text(info.tokenizer_json)
         (out / "tokenizer_meta.json").write_text(json.dumps({"num_regular": info.num_regular}) + "\n")
     tokenizer = info.backend()
     raw_config = llada_config_dict(cfg, info)
     model_config = config_from_dict(raw_config)
-    number_ids = [tokenizer.token_to_id(s) for s in digit_strings()] if cfg.number_init else None
+    number_ids = [tokenizer.token_to_id(s) for s in digit_strings(cfg.digit_group)] if cfg.number_init else None
     model = build_model(model_config, cfg.seed, number_ids)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
