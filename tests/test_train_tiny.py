@@ -331,19 +331,35 @@ def test_init_from_continues_from_the_base_run_s_weights_and_tokenizer(straight,
     assert result.exit_code != 0 and "not a finished run folder" in result.output
 
 
-@pytest.mark.parametrize("curriculum", [None, "needle-first"])
+@pytest.mark.parametrize("curriculum", [None, "needle-first", "all-tasks"])
 def test_cli_defaults_are_the_trainer_defaults_and_curricula_are_named(tmp_path, curriculum):
     from maskkv.cli import main
-    from maskkv.train.trainer import TrainConfig, default_stages, needle_first_stages
+    from maskkv.train.trainer import TrainConfig, all_task_stages, default_stages, needle_first_stages
 
     args = ["train-tiny", "--out", str(tmp_path), "--filler", "synthetic", "--stop-at-step", "0", "--quiet"]
     result = CliRunner().invoke(main, args + (["--curriculum", curriculum] if curriculum else []))
     assert result.exit_code == 0, result.output
     written = TrainConfig.from_json(json.loads((tmp_path / "train_config.json").read_text()))
-    expected = TrainConfig(out_dir=str(tmp_path), filler="synthetic", stop_at_step=0,
-                           stages=needle_first_stages() if curriculum else default_stages())
+    stages = {None: default_stages, "needle-first": needle_first_stages, "all-tasks": all_task_stages}[curriculum]()
+    expected = TrainConfig(out_dir=str(tmp_path), filler="synthetic", stop_at_step=0, stages=stages)
     assert written == expected  # so `maskkv train-tiny --out DIR` is exactly the documented configuration
-    assert written.hidden_size == 128 and written.stages[0].tasks == ({"single": 1.0} if curriculum else {"ar0": 1.0})
+    assert written.hidden_size == 128 and written.stages[0].tasks == ({"single": 1.0} if curriculum == "needle-first"
+                                                                      else {"ar0": 1.0})
+
+
+def test_all_task_curricula_train_every_task_and_keep_the_recall_first_bridge():
+    from maskkv.train.data import TASKS
+    from maskkv.train.trainer import all_task_stages, default_stages, long_context_all_task_stages, long_context_stages
+
+    stages, base = all_task_stages(), default_stages()
+    assert stages[:5] == base[:5] and [(s.max_tokens, s.steps, s.batch) for s in stages] == [
+        (s.max_tokens, s.steps, s.batch) for s in base]
+    for stage in [*stages[5:], *long_context_all_task_stages()]:
+        assert set(TASKS) <= set(stage.tasks) and sum(stage.tasks.values()) == pytest.approx(1.0)
+    stages[-1].tasks["single"] = 0.0  # each stage owns its dict
+    assert all_task_stages()[-1].tasks["single"] == 0.4 and stages[-2].tasks["single"] == 0.4
+    assert [(s.max_tokens, s.steps, s.lr) for s in long_context_all_task_stages()] == [
+        (s.max_tokens, s.steps, s.lr) for s in long_context_stages()]
 
 
 def test_qkv_bias_flag_trains_and_exports_the_biases(tmp_path):

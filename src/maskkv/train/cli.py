@@ -8,9 +8,19 @@ from pathlib import Path
 import click
 
 from .data import TRAIN_TASKS
-from .trainer import Stage, TrainConfig, default_stages, long_context_stages, needle_first_stages, train
+from .trainer import (
+    Stage,
+    TrainConfig,
+    all_task_stages,
+    default_stages,
+    long_context_all_task_stages,
+    long_context_stages,
+    needle_first_stages,
+    train,
+)
 
-CURRICULA = {"recall-first": default_stages, "long-context": long_context_stages, "needle-first": needle_first_stages}
+CURRICULA = {"recall-first": default_stages, "all-tasks": all_task_stages, "long-context": long_context_stages,
+             "long-context-all": long_context_all_task_stages, "needle-first": needle_first_stages}
 
 __all__ = ["train_tiny"]
 
@@ -64,8 +74,9 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
 @click.option("--digit-group", type=click.IntRange(1, 3), default=3, show_default=True,
               help="Most digits per number token (3: LLaMA-3's pre-tokeniser; 2: 5-digit pass keys are 3 tokens).")
 @click.option("--curriculum", type=click.Choice(sorted(CURRICULA)), default="recall-first", show_default=True,
-              help="Named curriculum: recall-first (from scratch), long-context (a continuation: use with --init-from) "
-                   "or needle-first (the first two releases').")
+              help="Named curriculum: recall-first (from scratch), all-tasks (recall-first with the pass key, multi-value "
+                   "and variable tracking; use with --digit-group 2), long-context (a continuation: use with --init-from), "
+                   "long-context-all (the continuation of an all-tasks run) or needle-first (the first two releases').")
 @click.option("--stages", default=None,
               help="Own curriculum 'max_tokens:steps:batch[:min_tokens],...' (replaces --curriculum).")
 @click.option("--tasks", default=None,

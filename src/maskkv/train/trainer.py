@@ -56,8 +56,8 @@ from .data import (
 )
 from .tokenizer import build_tokenizer, digit_strings
 
-__all__ = ["Stage", "TrainConfig", "build_model", "default_stages", "encode_chat", "export_checkpoint",
-           "long_context_stages", "needle_first_stages", "train"]
+__all__ = ["Stage", "TrainConfig", "all_task_stages", "build_model", "default_stages", "encode_chat", "export_checkpoint",
+           "long_context_all_task_stages", "long_context_stages", "needle_first_stages", "train"]
 
 CHAT_PREFIX = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
 CHAT_SUFFIX = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -101,6 +101,10 @@ def needle_first_stages() -> list[Stage]:
     ]
 
 
+# The long stages' mix of ``all-tasks`` and of its ``long-context-all`` continuation.
+ALL_TASK_MIX = {"single": 0.4, "multikey": 0.4, "passkey": 0.1, "multivalue": 0.05, "vt": 0.05}
+
+
 def default_stages() -> list[Stage]:
     """The curriculum of the shipped model: bare associative recall first, then the same lookup in the chat
     template, then the needles and length (``MODEL_CARD.md``)."""
@@ -127,10 +131,33 @@ def default_stages() -> list[Stage]:
     ]
 
 
+def all_task_stages() -> list[Stage]:
+    """``recall-first`` with the pass key, multi-value and variable tracking: 10 % of the first short chat stage's
+    samples, 20 % of the second's and of the long stages'. Meant for 2-digit number tokens (``--digit-group 2``):
+    with 3-digit ones the model never learned to copy a 3-digit token, on which the pass key and variable
+    tracking hinge (``MODEL_CARD.md``)."""
+    stages = default_stages()
+    stages[5] = Stage(160, 1500, 64, 64, tasks={"kv3": 0.3, "ar3": 0.1, "single": 0.25, "multikey": 0.2, "passkey": 0.1,
+                                                "multivalue": 0.025, "vt": 0.025}, synthetic=1.0, needles=[2, 6])
+    stages[6] = Stage(160, 2000, 64, 64, tasks={"multikey": 0.45, "single": 0.2, "kv3": 0.1, "ar3": 0.05, "passkey": 0.1,
+                                                "multivalue": 0.05, "vt": 0.05}, needles=[2, 6])
+    for stage in stages[7:]:
+        stage.tasks = dict(ALL_TASK_MIX)
+    return stages
+
+
 def long_context_stages() -> list[Stage]:
     """A continuation (``--init-from``) at the held-out lengths: 1-2.3k-token prompts, half single, half multi-key."""
     tasks = {"single": 0.5, "multikey": 0.5}
     return [Stage(1024, 800, 8, 512, tasks=tasks, lr=3e-4), Stage(2304, 1200, 8, 1536, tasks=tasks, lr=3e-4)]
+
+
+def long_context_all_task_stages() -> list[Stage]:
+    """``long-context`` with the long stages' mix of ``all-tasks`` (the continuation of an ``all-tasks`` run)."""
+    stages = long_context_stages()
+    for stage in stages:
+        stage.tasks = dict(ALL_TASK_MIX)
+    return stages
 
 
 @dataclass
