@@ -442,3 +442,11 @@ def test_digit_group_flag_cuts_numbers_into_two_digit_tokens(tmp_path):
         from maskkv.train.tokenizer import pretokenize_regex
 
         pretokenize_regex(4)
+
+
+def test_init_from_refuses_another_digit_group(straight, tmp_path):
+    from maskkv.cli import main
+
+    args = ["train-tiny", "--out", str(tmp_path), *ARGS, "--init-from", str(straight), "--digit-group", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0 and "pass --digit-group 3" in result.output

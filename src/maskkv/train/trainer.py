@@ -554,6 +554,10 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         summary = base / "summary.json"
         if not summary.is_file() or not json.loads(summary.read_text()).get("finished"):
             raise ValueError(f"--init-from {base}: not a finished run folder (no summary.json with finished: true)")
+        base_group = json.loads((base / "train_config.json").read_text()).get("digit_group", 3)
+        if base_group != cfg.digit_group:
+            raise ValueError(f"--init-from {base}: its tokenizer cuts numbers into groups of at most {base_group} digits; "
+                             f"pass --digit-group {base_group}")
         for name in ("tokenizer.json", "tokenizer_meta.json"):
             shutil.copyfile(base / name, out / name)
     if tok_path.exists():
