@@ -160,7 +160,13 @@ def test_lm_task_masks_filler_tokens_and_weighs_each_row_like_one_answer(straigh
     from tokenizers import Tokenizer
 
     from maskkv.models.tiny import TinyTokenizerInfo
-    from maskkv.train.trainer import Stage, TrainConfig, chat_content_range, diffusion_loss, make_batch
+    from maskkv.train.trainer import (
+        Stage,
+        TrainConfig,
+        chat_content_range,
+        diffusion_loss,
+        make_batch,
+    )
 
     tok = Tokenizer.from_file(str(straight / "model" / "tokenizer.json"))
     meta = json.loads((straight / "tokenizer_meta.json").read_text())
@@ -334,7 +340,12 @@ def test_init_from_continues_from_the_base_run_s_weights_and_tokenizer(straight,
 @pytest.mark.parametrize("curriculum", [None, "needle-first", "all-tasks"])
 def test_cli_defaults_are_the_trainer_defaults_and_curricula_are_named(tmp_path, curriculum):
     from maskkv.cli import main
-    from maskkv.train.trainer import TrainConfig, all_task_stages, default_stages, needle_first_stages
+    from maskkv.train.trainer import (
+        TrainConfig,
+        all_task_stages,
+        default_stages,
+        needle_first_stages,
+    )
 
     args = ["train-tiny", "--out", str(tmp_path), "--filler", "synthetic", "--stop-at-step", "0", "--quiet"]
     result = CliRunner().invoke(main, args + (["--curriculum", curriculum] if curriculum else []))
@@ -349,7 +360,12 @@ def test_cli_defaults_are_the_trainer_defaults_and_curricula_are_named(tmp_path,
 
 def test_all_task_curricula_train_every_task_and_keep_the_recall_first_bridge():
     from maskkv.train.data import TASKS
-    from maskkv.train.trainer import all_task_stages, default_stages, long_context_all_task_stages, long_context_stages
+    from maskkv.train.trainer import (
+        all_task_stages,
+        default_stages,
+        long_context_all_task_stages,
+        long_context_stages,
+    )
 
     stages, base = all_task_stages(), default_stages()
     assert stages[:5] == base[:5] and [(s.max_tokens, s.steps, s.batch) for s in stages] == [
@@ -419,7 +435,7 @@ def test_stage_values_widen_the_magic_numbers_half_by_digit_count_and_leave_the_
     widths = []
     for task in ("ar3", "kv3", "single", "multikey"):
         stage = Stage(160, 1, 40, 64, tasks={task: 1.0}, needles=[4, 4], values=[10, 999])
-        ids, _, answers, context, _ = make_batch(builder, info, TrainConfig(out_dir="unused"), stage, 0)
+        _, _, answers, context, _ = make_batch(builder, info, TrainConfig(out_dir="unused"), stage, 0)
         if task in ("single", "multikey"):
             texts = [tok.decode(row.tolist()).split("<")[0].strip() for row in answers]
         else:
