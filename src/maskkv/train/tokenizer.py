@@ -7,10 +7,11 @@ Layout of the vocabulary: the regular BPE tokens first, then the LLaDA special t
 (:data:`maskkv.models.tiny.LLADA_CHAT_TEMPLATE`), written by the shared tiny-checkpoint helpers.
 
 Pre-tokenisation: a LLaMA-3 style regex (numbers are cut into groups of at most three digits), then
-the GPT-2 byte mapping. The training text always contains every 1-, 2- and 3-digit string many
-times, so every such group is a single token (checked): a 3-digit value is one token, a 5-digit
-pass key two. ``digit_group=2`` cuts numbers into groups of at most two digits instead (a 5-digit pass
-key is then three tokens of the 110 one- and two-digit ones, the tokens the 2-digit needles train).
+the GPT-2 byte mapping. The training text always contains every digit string the pre-tokeniser can
+produce many times, so every such group is a single token (checked): a 3-digit value is one token, a
+5-digit pass key two. ``digit_group=2`` (the shipped model's) cuts numbers into groups of at most two
+digits instead: a 5-digit pass key is then three tokens of the 110 one- and two-digit ones, the tokens
+the 2-digit needles train.
 """
 
 from __future__ import annotations
