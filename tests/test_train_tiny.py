@@ -81,6 +81,21 @@ def test_interrupted_run_resumes_to_the_same_weights(straight, tmp_path):
     b = load_file(str(tmp_path / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    def log(folder):  # every logged number but the wall time, running means included
+        return [{k: v for k, v in json.loads(line).items() if k != "elapsed"}
+                for line in (folder / "log.jsonl").read_text().splitlines()]
+
+    assert log(tmp_path) == log(straight)
+
+
+def test_resume_drops_log_rows_past_the_checkpoint(tmp_path):
+    from maskkv.train.trainer import _truncate_log
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 25, "loss": 1.0}\n{"step": 50, "loss": 0.9}\n{"step": 75, "loss": 0.8}\n{"step": 1')
+    _truncate_log(path, 50)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [25, 50]
+
 
 def test_resume_refuses_another_configuration(straight):
     from maskkv.cli import main

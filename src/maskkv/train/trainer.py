@@ -517,6 +517,25 @@ def export_checkpoint(model: DiffusionTransformer, info: TinyTokenizerInfo, raw_
     return folder
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop the log rows past ``step`` (written after the checkpoint a resumed run restarts from)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill mid-write
+            continue
+        if row["step"] <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+
+
 def _log(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(row) + "\n")
@@ -525,9 +544,11 @@ def _log(path: Path, row: dict[str, Any]) -> None:
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     """Train (or resume) the run in ``cfg.out_dir``; returns the exported model folder ``out_dir/model``.
 
-    ``out_dir/state.pt`` holds the model, the optimiser and the step; ``out_dir/train_config.json``
-    the configuration (a resumed run must use the same one); ``out_dir/log.jsonl`` one row per log
-    interval. The export is written when the last step is done.
+    ``out_dir/state.pt`` holds the model, the optimiser, the step and the logged running means;
+    ``out_dir/train_config.json`` the configuration (a resumed run must use the same one);
+    ``out_dir/log.jsonl`` one row per log interval (a resumed run first drops the rows written after its
+    checkpoint, so its log equals the uninterrupted run's but for wall times). The export is written when
+    the last step is done.
     """
     from tqdm import tqdm
 
@@ -577,12 +598,15 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     optim = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     step, elapsed_before = 0, 0.0
+    ema: dict[str, float] = {}  # the logged running means of the loss and accuracies
     state_path = out / "state.pt"
     if state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optim.load_state_dict(state["optim"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        ema = {k: float(v) for k, v in state.get("ema", {}).items()}  # absent in checkpoints before 2026-11-29
+        _truncate_log(out / "log.jsonl", step)
     elif base is not None:  # continue from the base run's final weights: new curriculum, step 0, fresh optimiser
         weights = torch.load(base / "state.pt", map_location="cpu", weights_only=True)["model"]
         try:
@@ -595,10 +619,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
 
     def save() -> None:
         _atomic_save({"model": model.state_dict(), "optim": optim.state_dict(), "step": step,
-                      "elapsed": elapsed_before + time.time() - start_time}, state_path)
+                      "elapsed": elapsed_before + time.time() - start_time, "ema": dict(ema)}, state_path)
 
     bar = tqdm(total=total, initial=step, disable=not progress, dynamic_ncols=True, mininterval=2.0)
-    ema: dict[str, float] = {}
     model.train()
     stopped = False
     while step < total and (cfg.stop_at_step is None or step < cfg.stop_at_step):
