@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from maskkv.train.data import (
 )
 from maskkv.train.tokenizer import digit_strings
 
+REPO = Path(__file__).resolve().parents[1]
 ARGS = ["--layers", "1", "--hidden", "32", "--heads", "2", "--mlp", "64", "--vocab", "3000", "--filler", "synthetic",
         "--stages", "96:3:2:64,160:3:2", "--warmup", "2", "--checkpoint-every", "2", "--eval-every", "0", "--quiet"]
 
@@ -86,6 +90,16 @@ def test_interrupted_run_resumes_to_the_same_weights(straight, tmp_path):
                 for line in (folder / "log.jsonl").read_text().splitlines()]
 
     assert log(tmp_path) == log(straight)
+    compare = [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(straight), str(tmp_path)]
+    result = subprocess.run(compare, check=False, capture_output=True, text=True)
+    assert result.returncode == 0 and "0 differ" in result.stdout and "identical" in result.stdout, result.stdout
+
+
+def test_compare_runs_reports_another_seed(straight, tmp_path):
+    _run(tmp_path, "--seed", "5")
+    compare = [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(straight), str(tmp_path)]
+    result = subprocess.run(compare, check=False, capture_output=True, text=True)
+    assert result.returncode == 1 and "DIFFERENT" in result.stdout, result.stdout
 
 
 def test_resume_drops_log_rows_past_the_checkpoint(tmp_path):
