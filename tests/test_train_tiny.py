@@ -495,3 +495,17 @@ def test_init_from_refuses_another_digit_group(straight, tmp_path):
     args = ["train-tiny", "--out", str(tmp_path), *ARGS, "--init-from", str(straight), "--digit-group", "2"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0 and "pass --digit-group 3" in result.output
+
+
+def test_key_refresh_is_named_and_keeps_the_long_stages_gentle():
+    from maskkv.train.cli import CURRICULA
+    from maskkv.train.trainer import TrainConfig, key_refresh_stages, lr_at
+
+    assert CURRICULA["key-refresh"] is key_refresh_stages
+    cfg = TrainConfig(out_dir="unused", stages=key_refresh_stages())
+    starts = [sum(s.steps for s in cfg.stages[:i]) for i in range(len(cfg.stages))]
+    assert {"kv3", "ar3"} <= set(cfg.stages[0].tasks) and cfg.stages[0].max_tokens <= 160
+    for start, stage in zip(starts[1:], cfg.stages[1:]):
+        assert stage.batch >= 16 and stage.tasks["multikey"] >= 0.5 and sum(stage.tasks.values()) == pytest.approx(1.0)
+        assert lr_at(cfg, start) <= 1.5e-4  # the ninth-session probes' rates: the key match survives them
+    assert [s.max_tokens for s in cfg.stages] == sorted(s.max_tokens for s in cfg.stages)

@@ -13,6 +13,7 @@ from .trainer import (
     TrainConfig,
     all_task_stages,
     default_stages,
+    key_refresh_stages,
     long_context_all_task_stages,
     long_context_stages,
     needle_first_stages,
@@ -20,7 +21,8 @@ from .trainer import (
 )
 
 CURRICULA = {"recall-first": default_stages, "all-tasks": all_task_stages, "long-context": long_context_stages,
-             "long-context-all": long_context_all_task_stages, "needle-first": needle_first_stages}
+             "long-context-all": long_context_all_task_stages, "needle-first": needle_first_stages,
+             "key-refresh": key_refresh_stages}
 
 __all__ = ["train_tiny"]
 
@@ -76,7 +78,8 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
 @click.option("--curriculum", type=click.Choice(sorted(CURRICULA)), default="recall-first", show_default=True,
               help="Named curriculum: recall-first (from scratch), all-tasks (recall-first with the pass key, multi-value "
                    "and variable tracking; use with --digit-group 2), long-context (a continuation: use with --init-from), "
-                   "long-context-all (the continuation of an all-tasks run) or needle-first (the first two releases').")
+                   "long-context-all (the continuation of an all-tasks run), key-refresh (a continuation of the shipped model "
+                   "that rebuilds its key match; experimental) or needle-first (the first two releases').")
 @click.option("--stages", default=None,
               help="Own curriculum 'max_tokens:steps:batch[:min_tokens],...' (replaces --curriculum).")
 @click.option("--tasks", default=None,

@@ -57,7 +57,7 @@ from .data import (
 from .tokenizer import build_tokenizer, digit_strings
 
 __all__ = ["Stage", "TrainConfig", "all_task_stages", "build_model", "default_stages", "encode_chat", "export_checkpoint",
-           "long_context_all_task_stages", "long_context_stages", "needle_first_stages", "train"]
+           "key_refresh_stages", "long_context_all_task_stages", "long_context_stages", "needle_first_stages", "train"]
 
 CHAT_PREFIX = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
 CHAT_SUFFIX = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -158,6 +158,24 @@ def long_context_all_task_stages() -> list[Stage]:
     for stage in stages:
         stage.tasks = dict(ALL_TASK_MIX)
     return stages
+
+
+def key_refresh_stages() -> list[Stage]:
+    """A continuation (``--init-from``) of release 4 that rebuilds the key match its long stages erased.
+
+    The ninth session's probes (``MODEL_CARD.md``): a short multi-key refresher with ``kv3`` / ``ar3`` rows, then
+    each length at batch 16 and a low learning rate. The per-stage peaks are set so that, on this schedule, each
+    stage starts near the probes' rates (3e-4, then about 1.5e-4 at 0.5-1k tokens and 1e-4 at 1.5-2.3k).
+    The candidate for release 5, not yet run as one command.
+    """
+    short = {"multikey": 0.6, "single": 0.15, "kv3": 0.1, "ar3": 0.05, "passkey": 0.1}
+    long_ = {"multikey": 0.6, "single": 0.3, "passkey": 0.1}
+    return [
+        Stage(160, 800, 64, 64, tasks=short, needles=[2, 6], lr=3e-4),
+        Stage(512, 800, 16, 160, tasks=dict(long_), lr=1.6e-4),
+        Stage(1024, 1500, 16, 512, tasks=dict(long_), lr=2e-4),
+        Stage(2304, 1000, 16, 1536, tasks=dict(long_), lr=4e-4),
+    ]
 
 
 @dataclass
