@@ -51,6 +51,7 @@ def _rows(document, system):
 def test_quick_json_has_every_field(quick):
     _, document, output = quick
     assert {"schema", "created", "command", "machine", "settings", "rows", "targets"} <= set(document)
+    assert document["complete"] is True
     assert set(MACHINE_FIELDS) <= set(document["machine"])
     assert document["machine"]["device"] == "cpu"
     lengths = document["settings"]["lengths"]
@@ -79,6 +80,27 @@ def test_quick_json_has_every_field(quick):
     assert "maskkv_speedup_vs_vanilla" in document["targets"]
     assert document["targets"]["maskkv_offline_speedup_vs_vanilla"]["value"] > 0
     assert "maskkv" in output and "targets" in output
+
+
+def test_an_interrupted_run_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    import maskkv.bench.cli as bench_cli
+
+    real, calls = bench_cli._measure, []
+
+    def measure_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench_cli, "_measure", measure_then_die)
+    result = CliRunner().invoke(main, ["bench", "--quick", "--lengths", "128", "--systems", "vanilla,maskkv",
+                                       "--out", str(tmp_path)])  # fmt: skip
+    assert result.exit_code != 0 and len(calls) == 2
+    document = json.loads((tmp_path / "results.json").read_text())
+    assert document["complete"] is False
+    assert [r["config"]["system"] for r in document["rows"]] == ["vanilla"] and document["rows"][0]["error"] is None
+    assert (tmp_path / "results.csv").is_file() and not (tmp_path / "results.json.tmp").exists()
 
 
 def test_maskkv_cache_bytes_equal_the_analytic_value(quick):

@@ -106,6 +106,7 @@ def bench(**options: Any) -> None:
                   f"{'a fresh process each' if settings['isolate'] else 'in one process'}[/dim]")  # fmt: skip
 
     rows: list[dict[str, Any]] = []
+    machine = machine_info(device)
     shared: dict[str, Any] = {}  # the model, when configurations run in this process
     started = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -129,8 +130,14 @@ def bench(**options: Any) -> None:
             row["attempts"], row["contended"] = attempts, _contended(row)
             rows.append(row)
             progress.advance(task)
+            if options["out_dir"] is not None:  # saved after every configuration: a killed run keeps its rows
+                settings["wall_seconds"] = time.perf_counter() - started
+                partial = build_document(rows, machine=machine, settings=settings, command=command)
+                partial["complete"] = False
+                write_outputs(partial, options["out_dir"], figure=False)
     settings["wall_seconds"] = time.perf_counter() - started
-    document = build_document(rows, machine=machine_info(device), settings=settings, command=command)
+    document = build_document(rows, machine=machine, settings=settings, command=command)
+    document["complete"] = True
     out = Console()
     if not out.is_terminal:
         out = Console(width=150)  # files and pipes: one line per row

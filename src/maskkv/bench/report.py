@@ -314,12 +314,21 @@ def plot(document: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_outputs(document: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """results.json, results.csv and figure.png (when matplotlib is installed) under ``out_dir`` (created)."""
+def write_outputs(document: dict[str, Any], out_dir: Path, *, figure: bool = True) -> dict[str, Path]:
+    """results.json, results.csv and figure.png (when matplotlib is installed and ``figure``) under ``out_dir``.
+
+    The JSON is written to a temporary file and renamed, so an interrupted write never leaves a
+    truncated results.json behind.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "csv": out_dir / "results.csv", "png": out_dir / "figure.png"}
-    paths["json"].write_text(json.dumps(document, indent=1) + "\n")
+    partial = paths["json"].with_suffix(".json.tmp")
+    partial.write_text(json.dumps(document, indent=1) + "\n")
+    partial.replace(paths["json"])
     write_csv(document, paths["csv"])
+    if not figure:
+        del paths["png"]
+        return paths
     try:
         plot(document, paths["png"])
     except ImportError:

@@ -1,0 +1,102 @@
+"""The same exactness guarantees on a CUDA GPU (skipped without one; CI has none).
+
+On CUDA in fp32 (TF32 off) the model must match its CPU numerics (logits within 1e-4, tokens
+identical), and the cache and every press with eviction disabled must decode exactly like the
+uncached run. In bf16 the ragged per-head cache goes through ``varlen_attn``: on the trained
+bundled model it must decode the same tokens as the padded path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import maskkv
+from maskkv.cache import DLLMCache
+from maskkv.demo import shipped_model_path
+from maskkv.models import load_model
+from maskkv.models.tiny import write_tiny_checkpoint
+from maskkv.presses import PRESSES, make_press
+from maskkv.train.evaluate import heldout_samples, make_heldout_builder, prompt_ids
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """Full fp32 matmuls on the GPU, so the 1e-4 logit tolerance applies."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def checkpoint(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(f"cuda-{request.param}")
+    write_tiny_checkpoint(path, request.param, num_layers=3, hidden_size=64, num_heads=4, seed=31)
+    return path
+
+
+def _prompt(vocab_size: int, batch: int, length: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size - 64, (batch, length), generator=g)
+
+
+def test_fp32_logits_and_tokens_match_the_cpu(checkpoint):
+    cpu = load_model(checkpoint, dtype=torch.float32)
+    gpu = load_model(checkpoint, device="cuda", dtype=torch.float32)
+    prompt = _prompt(cpu.config.vocab_size, 2, 24, seed=1)
+    x = torch.cat([prompt, torch.full((2, 16), cpu.config.mask_token_id)], dim=1)
+    with torch.inference_mode():
+        expected = cpu(x).logits
+        got = gpu(x.cuda()).logits.cpu()
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    kwargs = dict(gen_length=16, steps=16, block_length=8)
+    on_cpu = maskkv.generate(cpu, prompt, **kwargs)
+    on_gpu = maskkv.generate(gpu, prompt.cuda(), **kwargs)
+    assert torch.equal(on_gpu.sequences.cpu(), on_cpu.sequences)
+
+
+@pytest.mark.parametrize("name", sorted(PRESSES))
+def test_eviction_disabled_decodes_like_the_uncached_run(checkpoint, name):
+    model = load_model(checkpoint, device="cuda", dtype=torch.float32)
+    prompt = _prompt(model.config.vocab_size, 1, 20, seed=2).cuda()
+    kwargs = dict(gen_length=8, steps=8, block_length=4)
+    plain = maskkv.generate(model, prompt, **kwargs)
+    refreshed = maskkv.generate(
+        model, prompt, cache=DLLMCache(prompt_interval=1, response_interval=1, transfer_ratio=0.0), **kwargs
+    )
+    cached = maskkv.generate(model, prompt, cache=DLLMCache(), **kwargs)
+    pressed = maskkv.generate(model, prompt, press=make_press(name, budget=20), **kwargs)
+    pressed_cached = maskkv.generate(model, prompt, cache=DLLMCache(), press=make_press(name, budget=20), **kwargs)
+    assert torch.equal(refreshed.sequences, plain.sequences)
+    assert torch.equal(pressed.sequences, plain.sequences)
+    assert torch.equal(pressed_cached.sequences, cached.sequences)
+
+
+@pytest.mark.parametrize("name", ["maskkv", "adakv"])
+def test_bf16_varlen_path_decodes_like_the_padded_path(name, monkeypatch):
+    """Head-adaptive budgets give ragged caches; varlen and padded attention must pick the same tokens."""
+    from maskkv.cache import varlen as varlen_module
+
+    path = shipped_model_path()
+    model = load_model(path, device="cuda", dtype=torch.bfloat16)
+    assert varlen_module.varlen_available(torch.empty(1, device="cuda", dtype=torch.bfloat16))
+    tokenizer = maskkv.load_tokenizer(str(path))
+    sample = heldout_samples(make_heldout_builder(tokenizer, filler="synthetic"), "multikey", 768, 1)[0]
+    prompt = prompt_ids(tokenizer, sample.content).cuda()
+    kwargs = dict(gen_length=8, steps=8, block_length=8, cache=DLLMCache())
+    calls = []
+    kernel = varlen_module.torch_varlen_kernel()
+
+    def counting_kernel(*args, **kw):
+        calls.append(1)
+        return kernel(*args, **kw)
+
+    monkeypatch.setattr(varlen_module, "torch_varlen_kernel", lambda: counting_kernel)
+    through_varlen = maskkv.generate(model, prompt, press=make_press(name, budget=48), **kwargs)
+    assert calls, "no ragged layer reached the varlen kernel"
+    monkeypatch.setattr("maskkv.cache.engine.varlen_available", lambda q: False)
+    padded = maskkv.generate(model, prompt, press=make_press(name, budget=48), **kwargs)
+    assert torch.equal(through_varlen.sequences, padded.sequences)
