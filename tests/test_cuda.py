@@ -75,6 +75,21 @@ def test_eviction_disabled_decodes_like_the_uncached_run(checkpoint, name):
     assert torch.equal(pressed_cached.sequences, cached.sequences)
 
 
+@pytest.mark.parametrize("name", sorted(PRESSES))
+def test_every_press_evicts_on_the_gpu_like_on_the_cpu(checkpoint, name):
+    """fp32: the same scores up to rounding, so the same kept pairs and the same tokens as on the CPU."""
+    cpu = load_model(checkpoint, dtype=torch.float32)
+    gpu = load_model(checkpoint, device="cuda", dtype=torch.float32)
+    prompt = _prompt(cpu.config.vocab_size, 2, 40, seed=3)
+    kwargs = dict(gen_length=8, steps=8, block_length=4)
+    for cache in (None, DLLMCache):
+        on_cpu = maskkv.generate(cpu, prompt, cache=cache and cache(), press=make_press(name, budget=6), **kwargs)
+        on_gpu = maskkv.generate(gpu, prompt.cuda(), cache=cache and cache(), press=make_press(name, budget=6),
+                                 **kwargs)  # fmt: skip
+        assert on_gpu.cache_bytes["kept_prompt_pairs"] == on_cpu.cache_bytes["kept_prompt_pairs"]
+        assert torch.equal(on_gpu.sequences.cpu(), on_cpu.sequences)
+
+
 @pytest.mark.parametrize("name", ["maskkv", "adakv"])
 def test_bf16_varlen_path_decodes_like_the_padded_path(name, monkeypatch):
     """Head-adaptive budgets give ragged caches; varlen and padded attention must pick the same tokens."""

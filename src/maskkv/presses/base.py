@@ -297,7 +297,7 @@ class PressPlan:
             scores = scores.masked_fill(self._protected(scores.device)[:, None, :], float("inf"))
         if self.prompt_valid is not None:
             scores = scores.masked_fill(~self.prompt_valid[:, None, :], float("-inf"))
-        cap = self.real_lengths
+        cap = self.real_lengths.to(scores.device)  # built on the CPU when the batch has no padding
         heads = self.config.num_kv_heads
         layer_budget = layer_budget.to(scores.device)
         if press.head_allocation == "uniform":
