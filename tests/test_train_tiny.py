@@ -511,23 +511,23 @@ def test_key_refresh_is_named_and_keeps_the_long_stages_gentle():
     assert [s.max_tokens for s in cfg.stages] == sorted(s.max_tokens for s in cfg.stages)
 
 
-def test_all_tasks_gentle_shares_all_tasks_first_7700_steps_and_slows_the_long_stages():
+def test_all_tasks_refresh_shares_all_tasks_first_7700_steps_then_refreshes_and_slows():
     from maskkv.train.cli import CURRICULA
-    from maskkv.train.trainer import TrainConfig, all_task_gentle_stages, all_task_stages, lr_at
+    from maskkv.train.trainer import ALL_TASK_MIX, TrainConfig, all_task_refresh_stages, all_task_stages, lr_at
 
-    assert CURRICULA["all-tasks-gentle"] is all_task_gentle_stages
-    gentle = TrainConfig(out_dir="unused", stages=all_task_gentle_stages())
+    assert CURRICULA["all-tasks-refresh"] is all_task_refresh_stages
+    refresh = TrainConfig(out_dir="unused", stages=all_task_refresh_stages())
     base = TrainConfig(out_dir="unused", stages=all_task_stages())
-    assert gentle.total_steps == base.total_steps  # the cosine schedule, hence every lr before step 7700, is shared
-    assert [s.to_json() if hasattr(s, "to_json") else vars(s) for s in gentle.stages[:7]] == [
-        s.to_json() if hasattr(s, "to_json") else vars(s) for s in base.stages[:7]]
+    assert refresh.total_steps == base.total_steps  # the cosine schedule, hence every lr before step 7700, is shared
+    assert [vars(s) for s in refresh.stages[:7]] == [vars(s) for s in base.stages[:7]]
     for step in (0, 49, 50, 3000, 7699):
-        assert lr_at(gentle, step) == lr_at(base, step)
-    start = sum(s.steps for s in gentle.stages[:7])
-    assert start == 7700
-    expected_start_lr = (1.6e-4, 1.5e-4, 1.0e-4)
-    for stage, rate in zip(gentle.stages[7:], expected_start_lr):
-        assert stage.tasks == {"multikey": 0.6, "single": 0.3, "passkey": 0.1} and stage.batch >= 8
-        assert lr_at(gentle, start) == pytest.approx(rate, rel=0.02)
-        assert lr_at(gentle, start) < lr_at(base, start)  # gentler than all-tasks at the same step
+        assert lr_at(refresh, step) == lr_at(base, step)
+    exposure, refresher, *long_stages = refresh.stages[7:]
+    assert exposure.tasks == ALL_TASK_MIX and exposure.lr is None and exposure.max_tokens == 1024
+    assert refresher.max_tokens <= 160 and {"kv3", "ar3"} <= set(refresher.tasks) and refresher.tasks["multikey"] >= 0.5
+    start = 7700 + exposure.steps
+    for stage, rate in zip([refresher, *long_stages], (3e-4, 1.5e-4, 1.5e-4, 1.0e-4)):
+        assert lr_at(refresh, start) == pytest.approx(rate, rel=0.02)
+        assert sum(stage.tasks.values()) == pytest.approx(1.0)
         start += stage.steps
+    assert [s.max_tokens for s in long_stages] == [512, 1024, 2304] and all(s.batch >= 8 for s in long_stages)

@@ -56,7 +56,7 @@ from .data import (
 )
 from .tokenizer import build_tokenizer, digit_strings
 
-__all__ = ["Stage", "TrainConfig", "all_task_gentle_stages", "all_task_stages", "build_model", "default_stages",
+__all__ = ["Stage", "TrainConfig", "all_task_refresh_stages", "all_task_stages", "build_model", "default_stages",
            "encode_chat", "export_checkpoint", "key_refresh_stages", "long_context_all_task_stages", "long_context_stages",
            "needle_first_stages", "train"]
 
@@ -161,20 +161,24 @@ def long_context_all_task_stages() -> list[Stage]:
     return stages
 
 
-def all_task_gentle_stages() -> list[Stage]:
-    """``all-tasks`` with its long stages replaced by gentler ones: the candidate for release 5 in one run.
+def all_task_refresh_stages() -> list[Stage]:
+    """``all-tasks`` with its long stages rebuilt as long exposure, key refresher, gentle long stages (one run).
 
-    Stages 1-7 and the 12,200-step schedule are ``all-tasks``' own (so a run of this curriculum equals an
-    ``all-tasks`` run up to step 7700). The ninth session's probes (``MODEL_CARD.md``) found that the long stages
-    at batch 8 and the schedule's learning rate (3.7e-4 at step 7700) erase the key match stage 7 builds; here each
-    length trains at batch 16 (8 at 1-2.3k tokens) with per-stage peaks that start the stages near 1.6e-4, 1.5e-4
-    and 1e-4, on multi-key, single needle and pass key rows only.
+    Stages 1-7 and the 12,200-step schedule are ``all-tasks``' own (a run of this curriculum equals an
+    ``all-tasks`` run up to step 7700). Then, from the probes in ``MODEL_CARD.md``: the first long stage
+    (1000 steps at 160-1024 tokens, batch 8, the schedule's own rate) erases the key match that stage 7 built,
+    as in ``all-tasks``, and a lower rate does not prevent that (tenth session); a short multi-key refresher
+    after some long training brings it back (ninth session); then each length trains at batch 16 (8 at
+    1.5-2.3k tokens) with per-stage peaks that start the stages at 3e-4, 1.5e-4, 1.5e-4 and 1e-4.
     """
+    short = {"multikey": 0.6, "single": 0.15, "kv3": 0.1, "ar3": 0.05, "passkey": 0.1}
     long_ = {"multikey": 0.6, "single": 0.3, "passkey": 0.1}
     return all_task_stages()[:7] + [
-        Stage(512, 800, 16, 160, tasks=dict(long_), lr=4.3e-4),
-        Stage(1024, 1500, 16, 512, tasks=dict(long_), lr=5.2e-4),
-        Stage(2304, 2200, 8, 1024, tasks=dict(long_), lr=5.9e-4),
+        Stage(1024, 1000, 8, 160, tasks=dict(ALL_TASK_MIX)),
+        Stage(160, 800, 64, 64, tasks=short, needles=[2, 6], lr=1.1e-3),
+        Stage(512, 800, 16, 160, tasks=dict(long_), lr=7.3e-4),
+        Stage(1024, 1100, 16, 512, tasks=dict(long_), lr=9.8e-4),
+        Stage(2304, 800, 8, 1536, tasks=dict(long_), lr=9.1e-4),
     ]
 
 
