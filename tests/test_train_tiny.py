@@ -509,25 +509,3 @@ def test_key_refresh_is_named_and_keeps_the_long_stages_gentle():
         assert stage.batch >= 16 and stage.tasks["multikey"] >= 0.5 and sum(stage.tasks.values()) == pytest.approx(1.0)
         assert lr_at(cfg, start) <= 1.5e-4  # the ninth-session probes' rates: the key match survives them
     assert [s.max_tokens for s in cfg.stages] == sorted(s.max_tokens for s in cfg.stages)
-
-
-def test_all_tasks_refresh_shares_all_tasks_first_7700_steps_then_refreshes_and_slows():
-    from maskkv.train.cli import CURRICULA
-    from maskkv.train.trainer import ALL_TASK_MIX, TrainConfig, all_task_refresh_stages, all_task_stages, lr_at
-
-    assert CURRICULA["all-tasks-refresh"] is all_task_refresh_stages
-    refresh = TrainConfig(out_dir="unused", stages=all_task_refresh_stages())
-    base = TrainConfig(out_dir="unused", stages=all_task_stages())
-    assert refresh.total_steps == base.total_steps  # the cosine schedule, hence every lr before step 7700, is shared
-    assert [vars(s) for s in refresh.stages[:7]] == [vars(s) for s in base.stages[:7]]
-    for step in (0, 49, 50, 3000, 7699):
-        assert lr_at(refresh, step) == lr_at(base, step)
-    exposure, refresher, *long_stages = refresh.stages[7:]
-    assert exposure.tasks == ALL_TASK_MIX and exposure.lr is None and exposure.max_tokens == 1024
-    assert refresher.max_tokens <= 160 and {"kv3", "ar3"} <= set(refresher.tasks) and refresher.tasks["multikey"] >= 0.5
-    start = 7700 + exposure.steps
-    for stage, rate in zip([refresher, *long_stages], (3e-4, 1.5e-4, 1.5e-4, 1.0e-4)):
-        assert lr_at(refresh, start) == pytest.approx(rate, rel=0.02)
-        assert sum(stage.tasks.values()) == pytest.approx(1.0)
-        start += stage.steps
-    assert [s.max_tokens for s in long_stages] == [512, 1024, 2304] and all(s.batch >= 8 for s in long_stages)

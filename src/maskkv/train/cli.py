@@ -11,7 +11,6 @@ from .data import TRAIN_TASKS
 from .trainer import (
     Stage,
     TrainConfig,
-    all_task_refresh_stages,
     all_task_stages,
     default_stages,
     key_refresh_stages,
@@ -23,7 +22,7 @@ from .trainer import (
 
 CURRICULA = {"recall-first": default_stages, "all-tasks": all_task_stages, "long-context": long_context_stages,
              "long-context-all": long_context_all_task_stages, "needle-first": needle_first_stages,
-             "key-refresh": key_refresh_stages, "all-tasks-refresh": all_task_refresh_stages}
+             "key-refresh": key_refresh_stages}
 
 __all__ = ["train_tiny"]
 
@@ -78,7 +77,7 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
               help="Most digits per number token (3: LLaMA-3's pre-tokeniser; 2: 5-digit pass keys are 3 tokens).")
 @click.option("--curriculum", type=click.Choice(sorted(CURRICULA)), default="recall-first", show_default=True,
               help="Named curriculum: recall-first (from scratch), all-tasks (recall-first with the pass key, multi-value "
-                   "and variable tracking; use with --digit-group 2), all-tasks-refresh (all-tasks with a key refresher between its long stages; the release 5 candidate), long-context (a continuation: use with --init-from), "
+                   "and variable tracking; use with --digit-group 2), long-context (a continuation: use with --init-from), "
                    "long-context-all (the continuation of an all-tasks run), key-refresh (a continuation of the shipped model "
                    "that rebuilds its key match; experimental) or needle-first (the first two releases').")
 @click.option("--stages", default=None,

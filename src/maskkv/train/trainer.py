@@ -56,9 +56,8 @@ from .data import (
 )
 from .tokenizer import build_tokenizer, digit_strings
 
-__all__ = ["Stage", "TrainConfig", "all_task_refresh_stages", "all_task_stages", "build_model", "default_stages",
-           "encode_chat", "export_checkpoint", "key_refresh_stages", "long_context_all_task_stages", "long_context_stages",
-           "needle_first_stages", "train"]
+__all__ = ["Stage", "TrainConfig", "all_task_stages", "build_model", "default_stages", "encode_chat", "export_checkpoint",
+           "key_refresh_stages", "long_context_all_task_stages", "long_context_stages", "needle_first_stages", "train"]
 
 CHAT_PREFIX = "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n"
 CHAT_SUFFIX = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -159,27 +158,6 @@ def long_context_all_task_stages() -> list[Stage]:
     for stage in stages:
         stage.tasks = dict(ALL_TASK_MIX)
     return stages
-
-
-def all_task_refresh_stages() -> list[Stage]:
-    """``all-tasks`` with its long stages rebuilt as long exposure, key refresher, gentle long stages (one run).
-
-    Stages 1-7 and the 12,200-step schedule are ``all-tasks``' own (a run of this curriculum equals an
-    ``all-tasks`` run up to step 7700). Then, from the probes in ``MODEL_CARD.md``: the first long stage
-    (1000 steps at 160-1024 tokens, batch 8, the schedule's own rate) erases the key match that stage 7 built,
-    as in ``all-tasks``, and a lower rate does not prevent that (tenth session); a short multi-key refresher
-    after some long training brings it back (ninth session); then each length trains at batch 16 (8 at
-    1.5-2.3k tokens) with per-stage peaks that start the stages at 3e-4, 1.5e-4, 1.5e-4 and 1e-4.
-    """
-    short = {"multikey": 0.6, "single": 0.15, "kv3": 0.1, "ar3": 0.05, "passkey": 0.1}
-    long_ = {"multikey": 0.6, "single": 0.3, "passkey": 0.1}
-    return all_task_stages()[:7] + [
-        Stage(1024, 1000, 8, 160, tasks=dict(ALL_TASK_MIX)),
-        Stage(160, 800, 64, 64, tasks=short, needles=[2, 6], lr=1.1e-3),
-        Stage(512, 800, 16, 160, tasks=dict(long_), lr=7.3e-4),
-        Stage(1024, 1100, 16, 512, tasks=dict(long_), lr=9.8e-4),
-        Stage(2304, 800, 8, 1536, tasks=dict(long_), lr=9.1e-4),
-    ]
 
 
 def key_refresh_stages() -> list[Stage]:
