@@ -1,8 +1,9 @@
 """The same exactness guarantees on a CUDA GPU (skipped without one; CI has none).
 
 On CUDA in fp32 (TF32 off) the model must match its CPU numerics (logits within 1e-4, tokens
-identical), and the cache and every press with eviction disabled must decode exactly like the
-uncached run. In bf16 the ragged per-head cache goes through ``varlen_attn``: on the trained
+identical), the cache and every press with eviction disabled must decode exactly like the
+uncached run, and every press evicting must keep as many pairs and decode the same tokens as on the
+CPU. In bf16 the ragged per-head cache goes through ``varlen_attn``: on the trained
 bundled model it must decode the same tokens as the padded path.
 """
 
