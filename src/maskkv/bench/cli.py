@@ -109,6 +109,13 @@ def bench(**options: Any) -> None:
     machine = machine_info(device)
     shared: dict[str, Any] = {}  # the model, when configurations run in this process
     started = time.perf_counter()
+
+    def document_so_far(complete: bool) -> dict[str, Any]:
+        settings["wall_seconds"] = time.perf_counter() - started
+        document = build_document(rows, machine=machine, settings=settings, command=command)
+        document["complete"] = complete
+        return document
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("bench", total=len(configs))
@@ -131,13 +138,8 @@ def bench(**options: Any) -> None:
             rows.append(row)
             progress.advance(task)
             if options["out_dir"] is not None:  # saved after every configuration: a killed run keeps its rows
-                settings["wall_seconds"] = time.perf_counter() - started
-                partial = build_document(rows, machine=machine, settings=settings, command=command)
-                partial["complete"] = False
-                write_outputs(partial, options["out_dir"], figure=False)
-    settings["wall_seconds"] = time.perf_counter() - started
-    document = build_document(rows, machine=machine, settings=settings, command=command)
-    document["complete"] = True
+                write_outputs(document_so_far(complete=False), options["out_dir"], figure=False)
+    document = document_so_far(complete=True)
     out = Console()
     if not out.is_terminal:
         out = Console(width=150)  # files and pipes: one line per row
