@@ -366,6 +366,29 @@ def test_init_from_continues_from_the_base_run_s_weights_and_tokenizer(straight,
     assert result.exit_code != 0 and "not a finished run folder" in result.output
 
 
+def test_init_from_an_exported_model_folder_starts_from_its_weights(straight, tmp_path):
+    """``--init-from`` a model folder (as ``finalize`` writes the shipped model): its fp16 weights, widened."""
+    shipped = maskkv.load_model(str(straight / "model"), dtype=torch.float32).state_dict()
+    _run(tmp_path / "cont", "--init-from", str(straight / "model"), "--seed", "1", "--rope-theta", "30000",
+         "--stop-at-step", "0")
+    exported = maskkv.load_model(str(tmp_path / "cont" / "model"), dtype=torch.float32)
+    assert exported.config.rope_theta == 30000.0  # the new run's flags apply
+    for name, value in exported.state_dict().items():
+        torch.testing.assert_close(value, shipped[name], atol=0, rtol=0)
+    assert (tmp_path / "cont" / "tokenizer.json").read_text() == (straight / "model" / "tokenizer.json").read_text()
+    meta = json.loads((tmp_path / "cont" / "tokenizer_meta.json").read_text())
+    assert meta == json.loads((straight / "tokenizer_meta.json").read_text())
+    from maskkv.cli import main
+
+    result = CliRunner().invoke(main, ["train-tiny", "--out", str(tmp_path / "x"), *ARGS, "--init-from",
+                                       str(straight / "model"), "--digit-group", "2"])
+    assert result.exit_code != 0 and "pass --digit-group 3" in result.output
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(main, ["train-tiny", "--out", str(tmp_path / "y"), *ARGS, "--init-from",
+                                       str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "neither a finished run folder" in result.output
+
+
 @pytest.mark.parametrize("curriculum", [None, "needle-first", "all-tasks"])
 def test_cli_defaults_are_the_trainer_defaults_and_curricula_are_named(tmp_path, curriculum):
     from maskkv.cli import main

@@ -86,7 +86,9 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
               help="Task weights of the --stages stages, e.g. 'single=0.4,multikey=0.4,passkey=0.2' "
                    "(default: single=0.5,multikey=0.5; named curricula set their own per stage).")
 @click.option("--init-from", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
-              help="Start from this finished run's final weights and tokenizer (fresh optimiser, step 0).")
+              help="Start from the weights and tokenizer of a finished run folder (its fp32 state) or of a model "
+                   "folder the trainer exported (RUN/model, a finalize destination such as the shipped tiny-llada); "
+                   "fresh optimiser, step 0. The new run's shapes and flags (e.g. --rope-theta) apply.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
 @click.option("--warmup", type=int, default=50, show_default=True)
 @click.option("--t-min", type=float, default=0.1, show_default=True, help="Lower clamp of the mask ratio t.")

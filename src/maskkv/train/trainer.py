@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tokenizers import Tokenizer
 
 from ..models.config import ModelConfig
 from ..models.llada import checkpoint_keys, config_from_dict
@@ -54,7 +55,7 @@ from .data import (
     SyntheticFiller,
     TaskBuilder,
 )
-from .tokenizer import build_tokenizer, digit_strings
+from .tokenizer import build_tokenizer, digit_strings, pretokenize_regex
 
 __all__ = ["Stage", "TrainConfig", "all_task_stages", "build_model", "default_stages", "encode_chat", "export_checkpoint",
            "key_refresh_stages", "long_context_all_task_stages", "long_context_stages", "needle_first_stages", "train"]
@@ -210,7 +211,7 @@ class TrainConfig:
     eval_every: int = 500
     threads: int = 1
     max_minutes: float | None = None  # wall-clock deadline of this invocation (checkpoint + stop)
-    init_from: str | None = None  # a finished run folder: its final weights and tokenizer start this run (fresh optimiser)
+    init_from: str | None = None  # a finished run folder or an exported model folder: its weights and tokenizer start this run (fresh optimiser)
     bf16: bool = False  # CPU autocast to bfloat16
     stop_at_step: int | None = None  # stop (checkpoint + export) at this step, e.g. to reproduce a cut run
 
@@ -559,6 +560,53 @@ def _log(path: Path, row: dict[str, Any]) -> None:
         handle.write(json.dumps(row) + "\n")
 
 
+def _is_model_folder(path: Path) -> bool:
+    """An exported model (``RUN/model``, a ``finalize`` destination such as the shipped ``tiny-llada``)."""
+    return all((path / name).is_file() for name in ("config.json", "model.safetensors", "tokenizer.json"))
+
+
+def _digit_group_of(tokenizer_raw: dict[str, Any]) -> int | None:
+    """The ``digit_group`` whose pre-tokeniser regex a tokenizer.json uses (None: not one of the trainer's)."""
+    splits = (tokenizer_raw.get("pre_tokenizer") or {}).get("pretokenizers", [])
+    patterns = {s.get("pattern", {}).get("Regex") for s in splits if s.get("type") == "Split"}
+    return next((g for g in (1, 2, 3) if pretokenize_regex(g) in patterns), None)
+
+
+def _copy_init_tokenizer(base: Path, out: Path, digit_group: int) -> None:
+    """Give the run at ``out`` the tokenizer of ``--init-from base`` (a finished run folder or a model folder)."""
+    summary = base / "summary.json"
+    if summary.is_file():
+        if not json.loads(summary.read_text()).get("finished"):
+            raise ValueError(f"--init-from {base}: not a finished run folder (summary.json has no finished: true)")
+        base_group = json.loads((base / "train_config.json").read_text()).get("digit_group", 3)
+        num_regular = json.loads((base / "tokenizer_meta.json").read_text())["num_regular"]
+    elif _is_model_folder(base):
+        text = (base / "tokenizer.json").read_text()
+        base_group = _digit_group_of(json.loads(text))
+        if base_group is None:
+            raise ValueError(f"--init-from {base}: its tokenizer.json was not built by maskkv's trainer "
+                             "(no digit-group pre-tokeniser); start from a run folder or a maskkv model folder")
+        num_regular = Tokenizer.from_str(text).get_vocab_size(with_added_tokens=False)
+    else:
+        raise ValueError(f"--init-from {base}: neither a finished run folder (summary.json with finished: true) nor "
+                         "a model folder (config.json, model.safetensors, tokenizer.json)")
+    if base_group != digit_group:
+        raise ValueError(f"--init-from {base}: its tokenizer cuts numbers into groups of at most {base_group} digits; "
+                         f"pass --digit-group {base_group}")
+    shutil.copyfile(base / "tokenizer.json", out / "tokenizer.json")
+    (out / "tokenizer_meta.json").write_text(json.dumps({"num_regular": num_regular}) + "\n")
+
+
+def _init_weights(base: Path) -> dict[str, torch.Tensor]:
+    """The fp32 weights a continuation starts from: a run's final ``state.pt``, or an exported model's
+    (fp16 storage, widened to fp32)."""
+    if (base / "summary.json").is_file():
+        return torch.load(base / "state.pt", map_location="cpu", weights_only=True)["model"]
+    from ..models import load_model
+
+    return load_model(str(base), dtype=torch.float32).state_dict()
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     """Train (or resume) the run in ``cfg.out_dir``; returns the exported model folder ``out_dir/model``.
 
@@ -590,15 +638,7 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
     tok_path = out / "tokenizer.json"
     base = Path(cfg.init_from) if cfg.init_from else None
     if base is not None and not tok_path.exists():
-        summary = base / "summary.json"
-        if not summary.is_file() or not json.loads(summary.read_text()).get("finished"):
-            raise ValueError(f"--init-from {base}: not a finished run folder (no summary.json with finished: true)")
-        base_group = json.loads((base / "train_config.json").read_text()).get("digit_group", 3)
-        if base_group != cfg.digit_group:
-            raise ValueError(f"--init-from {base}: its tokenizer cuts numbers into groups of at most {base_group} digits; "
-                             f"pass --digit-group {base_group}")
-        for name in ("tokenizer.json", "tokenizer_meta.json"):
-            shutil.copyfile(base / name, out / name)
+        _copy_init_tokenizer(base, out, cfg.digit_group)
     if tok_path.exists():
         meta = json.loads((out / "tokenizer_meta.json").read_text())
         info = TinyTokenizerInfo("llada", tok_path.read_text(), meta["num_regular"])
@@ -625,8 +665,8 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> Path:
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         ema = {k: float(v) for k, v in state.get("ema", {}).items()}  # absent in checkpoints before 2026-11-29
         _truncate_log(out / "log.jsonl", step)
-    elif base is not None:  # continue from the base run's final weights: new curriculum, step 0, fresh optimiser
-        weights = torch.load(base / "state.pt", map_location="cpu", weights_only=True)["model"]
+    elif base is not None:  # continue from the base's weights: new curriculum, step 0, fresh optimiser
+        weights = _init_weights(base)
         try:
             model.load_state_dict(weights)
         except RuntimeError as err:
