@@ -107,7 +107,7 @@ ALL_TASK_MIX = {"single": 0.4, "multikey": 0.4, "passkey": 0.1, "multivalue": 0.
 
 
 def default_stages() -> list[Stage]:
-    """``recall-first`` (release 3; the base of ``all-tasks``, which the shipped release 4 uses): bare associative
+    """``recall-first`` (release 3; the base of ``all-tasks``, which releases 4 and 5 use): bare associative
     recall first, then the same lookup in the chat template, then the needles and length (``MODEL_CARD.md``)."""
     def bare(tasks: dict[str, float], steps: int, needles: list[int]) -> Stage:
         return Stage(64, steps, 64, 16, tasks=tasks, needles=needles)
