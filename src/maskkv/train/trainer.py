@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 
 from ..models.config import ModelConfig
 from ..models.llada import checkpoint_keys, config_from_dict
+from ..models.loading import load_model
 from ..models.tiny import (
     TinyTokenizerInfo,
     _write_json,
@@ -602,8 +603,6 @@ def _init_weights(base: Path) -> dict[str, torch.Tensor]:
     (fp16 storage, widened to fp32)."""
     if (base / "summary.json").is_file():
         return torch.load(base / "state.pt", map_location="cpu", weights_only=True)["model"]
-    from ..models import load_model
-
     return load_model(str(base), dtype=torch.float32).state_dict()
 
 
