@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -387,6 +388,13 @@ def test_init_from_an_exported_model_folder_starts_from_its_weights(straight, tm
     result = CliRunner().invoke(main, ["train-tiny", "--out", str(tmp_path / "y"), *ARGS, "--init-from",
                                        str(tmp_path / "empty")])
     assert result.exit_code != 0 and "neither a finished run folder" in result.output
+    foreign = tmp_path / "foreign"  # a model folder whose tokenizer is not one of the trainer's
+    shutil.copytree(straight / "model", foreign)
+    raw = json.loads((foreign / "tokenizer.json").read_text())
+    raw["pre_tokenizer"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    (foreign / "tokenizer.json").write_text(json.dumps(raw))
+    result = CliRunner().invoke(main, ["train-tiny", "--out", str(tmp_path / "z"), *ARGS, "--init-from", str(foreign)])
+    assert result.exit_code != 0 and "was not built by maskkv's trainer" in result.output
 
 
 @pytest.mark.parametrize("curriculum", [None, "needle-first", "all-tasks"])
