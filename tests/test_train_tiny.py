@@ -476,6 +476,22 @@ def test_tasks_flag_sets_the_weights_of_own_stages_and_names_bad_input(tmp_path)
         assert bad.exit_code != 0 and message in bad.output, bad.output
 
 
+def test_needles_flag_sets_the_multikey_count_of_own_stages_and_names_bad_input(tmp_path):
+    from maskkv.cli import main
+    from maskkv.train.trainer import TrainConfig
+
+    base = ["train-tiny", "--out", str(tmp_path), "--filler", "synthetic", "--stop-at-step", "0", "--quiet"]
+    ok = CliRunner().invoke(main, [*base, "--stages", "96:3:2,128:2:2", "--needles", "4:8"])
+    assert ok.exit_code == 0, ok.output
+    written = TrainConfig.from_json(json.loads((tmp_path / "train_config.json").read_text()))
+    assert [s.needles for s in written.stages] == [[4, 8], [4, 8]]
+    for args, message in ((["--stages", "96:3:2", "--needles", "8:4"], "expected 1 <= LOW <= HIGH"),
+                          (["--stages", "96:3:2", "--needles", "4"], "expected LOW:HIGH"),
+                          (["--needles", "4:8"], "--needles applies to --stages")):
+        bad = CliRunner().invoke(main, [*base[:2], str(tmp_path / "bad"), *base[3:], *args])
+        assert bad.exit_code != 0 and message in bad.output, bad.output
+
+
 
 def test_stage_values_widen_the_magic_numbers_half_by_digit_count_and_leave_the_default_draws_alone(straight):
     from tokenizers import Tokenizer

@@ -40,6 +40,17 @@ def _parse_stages(text: str | None, curriculum: str = "recall-first") -> list[St
     return stages
 
 
+def _parse_needles(text: str) -> list[int]:
+    """``"4:8"`` -> [4, 8], the needle-count range of multikey samples."""
+    try:
+        low, high = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected LOW:HIGH, e.g. 4:8", param_hint="--needles") from None
+    if not 1 <= low <= high:
+        raise click.BadParameter(f"{text!r}: expected 1 <= LOW <= HIGH", param_hint="--needles")
+    return [low, high]
+
+
 def _parse_tasks(text: str | None) -> dict[str, float] | None:
     """``"single=0.4,multikey=0.4,passkey=0.2"`` -> task weights (None: the trainer's default)."""
     if not text:
@@ -85,6 +96,8 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
 @click.option("--tasks", default=None,
               help="Task weights of the --stages stages, e.g. 'single=0.4,multikey=0.4,passkey=0.2' "
                    "(default: single=0.5,multikey=0.5; named curricula set their own per stage).")
+@click.option("--needles", default=None, metavar="LOW:HIGH",
+              help="Needle count of the multikey samples of the --stages stages (default 2:6; the held-out set has 4).")
 @click.option("--init-from", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="Start from the weights and tokenizer of a finished run folder (its fp32 state) or of a model "
                    "folder the trainer exported (RUN/model, a finalize destination such as the shipped tiny-llada); "
@@ -105,7 +118,7 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, rope_theta: float,
                qkv_bias: bool, tie_embeddings: bool, vocab: int, digit_group: int, curriculum: str,
-               stages: str | None, tasks: str | None, init_from: Path | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
+               stages: str | None, tasks: str | None, needles: str | None, init_from: Path | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
                eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
                quiet: bool) -> None:
     """Train the tiny LLaDA-architecture dLLM with the LLaDA SFT objective on long-context retrieval tasks."""
@@ -115,9 +128,17 @@ def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, m
     if task_weights and not stages:
         raise click.BadParameter("--tasks applies to --stages (named curricula set their own tasks per stage)",
                                  param_hint="--tasks")
+    if needles and not stages:
+        raise click.BadParameter("--needles applies to --stages (named curricula set their own counts per stage)",
+                                 param_hint="--needles")
+    stage_list = _parse_stages(stages, curriculum)
+    if needles:
+        count = _parse_needles(needles)
+        for stage in stage_list:
+            stage.needles = count
     cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
                       intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab,
-                      digit_group=digit_group, stages=_parse_stages(stages, curriculum), lr=lr, warmup=warmup,
+                      digit_group=digit_group, stages=stage_list, lr=lr, warmup=warmup,
                       t_min=t_min, filler=filler, checkpoint_every=checkpoint_every, eval_every=eval_every,
                       threads=threads, max_minutes=max_minutes, bf16=bf16,
                       **({"task_weights": task_weights} if task_weights else {}),
