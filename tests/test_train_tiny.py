@@ -141,7 +141,7 @@ def test_answer_region_uses_the_prompt_s_tokens_for_words_and_bare_digits_for_nu
 
     from tokenizers import Tokenizer
 
-    from maskkv.cli import decode_answer
+    from maskkv.text import decode_answer
     from maskkv.train.data import VAR_NAMES
     from maskkv.train.trainer import answer_ids
 

@@ -80,6 +80,7 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
     from . import load_model, load_tokenizer
     from .cache import DLLMCache, FastDLLMCache
     from .presses import make_press
+    from .text import decode_answer, encode_prompt
 
     if (prompt is None) == (prompt_file is None):
         _fail("give exactly one of --prompt TEXT or --prompt-file FILE")
@@ -121,30 +122,6 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
     console.print(f"[dim]{summary}[/dim]")
 
 
-def encode_prompt(tokenizer, text: str, *, chat: bool) -> torch.Tensor:
-    """Token ids ``[1, P]`` of a prompt, optionally wrapped in the chat template as one user turn."""
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("--chat was given but this tokenizer has no chat template (tokenizer_config.json)")
-        text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    if ids.shape[1] == 0:
-        raise ValueError("the prompt is empty after tokenisation; give some text")
-    return ids
-
-
-def decode_answer(tokenizer, ids: torch.Tensor) -> str:
-    """Decode generated ids, cut at the first EOS/EOT, without special tokens."""
-    stops = {t for t in (tokenizer.eos_token_id, getattr(tokenizer, "eot_token_id", None)) if t is not None}
-    ids = ids.tolist()
-    for i, tok in enumerate(ids):
-        if tok in stops:
-            ids = ids[:i]
-            break
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
-
-
 @main.command()
 @click.option("--model", "model_path", required=True, help="Checkpoint folder or hub id.")
 @click.option("--data", "data_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -165,6 +142,7 @@ def calibrate(model_path: str, data_path: Path, samples: int, gen_length: int, m
     from . import load_model, load_tokenizer
     from .presses.profile import calibrate as run_calibration
     from .presses.profile import save_profile
+    from .text import encode_prompt
 
     if samples <= 0:
         _fail(f"--samples must be positive, got {samples}")

@@ -62,7 +62,7 @@ def run_demo(
     """
     from . import generate, load_model, load_tokenizer
     from .cache import DLLMCache
-    from .cli import decode_answer
+    from .text import decode_answer
     from .models.tiny import write_tiny_checkpoint
     from .presses import MaskKVPress
     from .train.data import ANSWER_TOKENS

@@ -307,7 +307,7 @@ def build_prompt(tokenizer: Any, template: str, record: dict[str, Any], protocol
                     + tokenizer.decode(ids[len(ids) - half:], skip_special_tokens=True))
             truncated = True
     if chat:
-        from ..cli import encode_prompt
+        from ..text import encode_prompt
 
         ids_t = encode_prompt(tokenizer, text, chat=True)
     else:

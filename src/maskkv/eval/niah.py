@@ -123,7 +123,7 @@ def encode_prompt(tokenizer: Any, context: str, *, chat: bool) -> torch.Tensor:
     """The literal book prompt tokenised with special tokens (1.2 step 4), or as one chat user turn."""
     text = PROMPT.format(context=context, question=QUESTION)
     if chat:
-        from ..cli import encode_prompt as chat_encode
+        from ..text import encode_prompt as chat_encode
 
         return chat_encode(tokenizer, text, chat=True)
     return tokenizer(text, add_special_tokens=True, return_tensors="pt")["input_ids"]

@@ -61,7 +61,7 @@ def prompt_ids(tokenizer, content: str) -> torch.Tensor:
 def answer(model, tokenizer, ids: torch.Tensor, *, cache=None, press=None, gen_length: int = ANSWER_TOKENS):
     """Generate the answer (gen_length = steps = block_length); returns (text, GenerationOutput)."""
     from .. import generate
-    from ..cli import decode_answer
+    from ..text import decode_answer
 
     out = generate(model, ids, gen_length=gen_length, steps=gen_length, block_length=gen_length, cache=cache,
                    press=press)

@@ -330,7 +330,7 @@ def answer_ids(tokenizer, info: TinyTokenizerInfo, answer: str, length: int = AN
     The answer is encoded with a leading space when that takes fewer tokens: words follow a space in the prompt,
     so the tokenizer has ``" RCY"`` (one token) but splits a bare ``"RCY"`` (two), and the answer should be the
     tokens the model can copy from the prompt (``vt``). Numbers are pre-tokenised apart from their space, so
-    numeric answers keep their bare encoding. Decoding strips the space (``cli.decode_answer``).
+    numeric answers keep their bare encoding. Decoding strips the space (``text.decode_answer``).
     """
     ids = tokenizer.encode(answer, add_special_tokens=False).ids
     spaced = tokenizer.encode(" " + answer, add_special_tokens=False).ids
