@@ -91,14 +91,14 @@ def test_interrupted_run_resumes_to_the_same_weights(straight, tmp_path):
                 for line in (folder / "log.jsonl").read_text().splitlines()]
 
     assert log(tmp_path) == log(straight)
-    compare = [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(straight), str(tmp_path)]
+    compare = [sys.executable, str(REPO / "scripts" / "diagnostics" / "compare_runs.py"), str(straight), str(tmp_path)]
     result = subprocess.run(compare, check=False, capture_output=True, text=True)
     assert result.returncode == 0 and "0 differ" in result.stdout and "identical" in result.stdout, result.stdout
 
 
 def test_compare_runs_reports_another_seed(straight, tmp_path):
     _run(tmp_path, "--seed", "5")
-    compare = [sys.executable, str(REPO / "scripts" / "compare_runs.py"), str(straight), str(tmp_path)]
+    compare = [sys.executable, str(REPO / "scripts" / "diagnostics" / "compare_runs.py"), str(straight), str(tmp_path)]
     result = subprocess.run(compare, check=False, capture_output=True, text=True)
     assert result.returncode == 1 and "DIFFERENT" in result.stdout, result.stdout
 

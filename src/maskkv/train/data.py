@@ -56,7 +56,7 @@ TASKS = ("passkey", "single", "multikey", "multivalue", "vt")
 KV_FORMATS = {"kv0": "{key}{value}", "kv1": "{key} {value}", "kv2": "{key}: {value}", "kv3": "{key} is: {value}"}
 # "ar0".."ar3": the same pairs as bare associative recall, "hunter87 kitten70 octopus57 kitten[70]": no words
 # around them and no chat template (the trainer encodes them raw and hides their answer region), the only shape in
-# which the lookup was learned from scratch within a few thousand steps (``scripts/probe_recall.py``).
+# which the lookup was learned from scratch within a few thousand steps (``scripts/diagnostics/probe_recall.py``).
 BARE_KV_FORMATS = {f"ar{kv[-1]}": form for kv, form in KV_FORMATS.items()}
 TRAIN_TASKS = (*TASKS, "recall", "lm", "repeat", *KV_FORMATS, *BARE_KV_FORMATS)
 ANSWER_TOKENS = 8  # the answer region: answer + <|eot_id|> + <|endoftext|> padding (= gen_length)
@@ -304,7 +304,7 @@ def kv_sample(task: str, rng: random.Random, num_pairs: int | None = None,
     no question, so the answer region holds only the end-of-turn tokens). The task number is the count of tokens
     between a key and its value: ``kv0`` "{key}{value}", ``kv1`` "{key} {value}", ``kv2`` "{key}: {value}",
     ``kv3`` "{key} is: {value}" (the magic-number needle's own tail). One query per sample, because in
-    ``scripts/probe_recall.py`` a recall list with every key masked kept the model at chance for 6000 steps while
+    ``scripts/diagnostics/probe_recall.py`` a recall list with every key masked kept the model at chance for 6000 steps while
     a single query was learned (``MODEL_CARD.md``, fifth-session probes). ``ar*``: the bare form, pairs and query
     joined by spaces only, "hunter87 kitten70 octopus57 kitten[70]" (the trainer adds no chat template).
     """

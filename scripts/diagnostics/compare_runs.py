@@ -1,6 +1,6 @@
 """Check that two tiny-model training runs are the same run: their logs step by step and their exported weights.
 
-    python scripts/compare_runs.py RUN_A RUN_B [--per-step-only]
+    python scripts/diagnostics/compare_runs.py RUN_A RUN_B [--per-step-only]
 
 Each run is a ``maskkv train-tiny --out`` folder. Log rows are matched by step (a one-pass probe row by its
 step too) and compared in every field but the wall time. ``--per-step-only`` compares only what one step

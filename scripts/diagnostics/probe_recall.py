@@ -9,9 +9,9 @@ with keys from the needle keys and values from the two-digit numbers; the loss i
 values only, at constant learning rate after a 50-step warm-up. The model is built exactly as ``maskkv train-tiny``
 builds it (``maskkv.train.trainer.build_model``). Prints a moving accuracy every 100 steps; chance is 1/pairs.
 
-    python scripts/probe_recall.py --steps 4000 --hidden 128                  # jumps off chance at ~1800 steps
-    python scripts/probe_recall.py --steps 6000 --gaps 0:4000,1:500,2:500,3:1000 --lr 3e-3
-    python scripts/probe_recall.py --steps 3000 --hidden 128 --queries all     # every key queried: stays at chance
+    python scripts/diagnostics/probe_recall.py --steps 4000 --hidden 128                  # jumps off chance at ~1800 steps
+    python scripts/diagnostics/probe_recall.py --steps 6000 --gaps 0:4000,1:500,2:500,3:1000 --lr 3e-3
+    python scripts/diagnostics/probe_recall.py --steps 3000 --hidden 128 --queries all     # every key queried: stays at chance
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from maskkv.models.tiny import TinyTokenizerInfo
 from maskkv.train.data import KEYS
 from maskkv.train.trainer import TrainConfig, build_model, llada_config_dict
 
-ASSET = Path(__file__).resolve().parents[1] / "src" / "maskkv" / "assets" / "tiny-llada"
+ASSET = Path(__file__).resolve().parents[2] / "src" / "maskkv" / "assets" / "tiny-llada"
 GAP_WORDS = (" is", ":", " the")  # filler tokens between a key and its value, as many as the gap asks for
 PAD_WORD = " the"  # the filler token of --pad
 

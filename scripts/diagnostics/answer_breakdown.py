@@ -1,7 +1,7 @@
 """Where the shipped tiny model's held-out answers go (full cache): right, another needle's value, another number
 of the prompt (the essay's), or a text that is not in the prompt. The error analysis of ``MODEL_CARD.md``.
 
-    python scripts/answer_breakdown.py [--model DIR] [--tasks single,multikey] [--lengths 1024,2048] [--count 40]
+    python scripts/diagnostics/answer_breakdown.py [--model DIR] [--tasks single,multikey] [--lengths 1024,2048] [--count 40]
 """
 
 from __future__ import annotations

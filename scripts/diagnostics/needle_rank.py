@@ -1,7 +1,7 @@
 """Diagnostic: is the asked needle's value token among the top-32 prompt keys of a head, under SnapKV's
 observation-window scores and under MaskKV's Mask-Voting scores? (the shipped tiny model, held-out samples)
 
-    python scripts/needle_rank.py [--count 40] [--tokens 1024]
+    python scripts/diagnostics/needle_rank.py [--count 40] [--tokens 1024]
 
 For each held-out sample it decodes with a SnapKV press at budget 32 that also records the layer's mask votes, and
 counts the samples whose value token is in the 32 highest scores of at least one KV head, per layer and scorer
