@@ -9,6 +9,8 @@ changes later proposals; both sides see bit-identical logits.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -312,7 +314,7 @@ def ref_dream_sample(
 ):
     """Dream ``_sample``; ``block_length`` runs the same step rule per block with a per-block linspace
     (the Fast-dLLM block sampler's rule, ``sampling.md`` 3.4); ``threshold`` the 3.1 rule per row."""
-    mask_token_id = MASK
+    mask_token_id = model.config.mask_token_id
     max_length = input_ids.shape[1] + max_new_tokens
     x = F.pad(input_ids, (0, max_length - input_ids.shape[1]), value=mask_token_id)
     if attention_mask is not None:
@@ -390,6 +392,90 @@ def ref_dream_sample(
                     row_indices = torch.arange(x.size(0)).unsqueeze(1).expand_as(transfer_index)
                     x[row_indices, transfer_index] = x_[row_indices, transfer_index]
     return x
+
+
+class RefPretrainedConfig:
+    """transformers 4.46 ``PretrainedConfig``: besides the model's own fields, every config still carries the
+    legacy generation attributes (the ones that reach Dream's sampler are transcribed; ``to_dict`` lists them)."""
+
+    def __init__(self, **kwargs):
+        self.max_length = kwargs.pop("max_length", 20)
+        self.do_sample = kwargs.pop("do_sample", False)
+        self.num_beams = kwargs.pop("num_beams", 1)
+        self.temperature = kwargs.pop("temperature", 1.0)
+        self.top_k = kwargs.pop("top_k", 50)
+        self.top_p = kwargs.pop("top_p", 1.0)
+        self.num_return_sequences = kwargs.pop("num_return_sequences", 1)
+        self.output_scores = kwargs.pop("output_scores", False)
+        self.return_dict_in_generate = kwargs.pop("return_dict_in_generate", False)
+        self.bos_token_id = kwargs.pop("bos_token_id", None)
+        self.pad_token_id = kwargs.pop("pad_token_id", None)
+        self.eos_token_id = kwargs.pop("eos_token_id", None)
+        for key, value in kwargs.items():
+            setattr(self, key, value)
+
+    def to_dict(self):
+        return dict(vars(self))
+
+
+class RefDreamGenerationConfig:
+    """Dream's hub ``DreamGenerationConfig``: the class defaults, ``from_model_config`` (``GenerationConfig``'s:
+    the model config's non-None fields as keyword arguments) and ``update``."""
+
+    def __init__(self, **kwargs):
+        self.temperature = kwargs.pop("temperature", 0.0)
+        self.top_p = kwargs.pop("top_p", None)
+        self.top_k = kwargs.pop("top_k", None)
+        self.max_length = kwargs.pop("max_length", 20)
+        self.max_new_tokens = kwargs.pop("max_new_tokens", None)
+        self.eps = kwargs.pop("eps", 1e-3)
+        self.steps = kwargs.pop("steps", 512)
+        self.alg = kwargs.pop("alg", "origin")
+        self.alg_temp = kwargs.pop("alg_temp", None)
+        self.num_return_sequences = kwargs.pop("num_return_sequences", 1)
+        self.return_dict_in_generate = kwargs.pop("return_dict_in_generate", False)
+        self.output_history = kwargs.pop("output_history", False)
+        self.mask_token_id = kwargs.pop("mask_token_id", None)
+        self.pad_token_id = kwargs.pop("pad_token_id", None)
+        self.bos_token_id = kwargs.pop("bos_token_id", None)
+        self.eos_token_id = kwargs.pop("eos_token_id", None)
+        self.generation_kwargs = kwargs.pop("generation_kwargs", {})
+        self._from_model_config = kwargs.pop("_from_model_config", False)
+        if not self._from_model_config:
+            for key, value in kwargs.items():
+                setattr(self, key, value)
+
+    @classmethod
+    def from_model_config(cls, model_config):
+        config_dict = model_config.to_dict()
+        config_dict.pop("_from_model_config", None)
+        config_dict = {key: value for key, value in config_dict.items() if value is not None}
+        return cls(**config_dict, _from_model_config=True)
+
+    def update(self, **kwargs):
+        unused = {}
+        for key, value in kwargs.items():
+            if hasattr(self, key):
+                setattr(self, key, value)
+            else:
+                unused[key] = value
+        return unused
+
+
+def ref_diffusion_generate(model, inputs, generation_config=None, **kwargs):
+    """Dream's ``diffusion_generate``: without a ``generation_config`` one is built from the model config, then
+    the keyword arguments override its fields; the sampler is :func:`ref_dream_sample`."""
+    if generation_config is None:
+        generation_config = RefDreamGenerationConfig.from_model_config(model.reference_config)
+    generation_config = copy.deepcopy(generation_config)
+    generation_config.update(**kwargs)
+    attention_mask = kwargs.pop("attention_mask", None)
+    return ref_dream_sample(
+        model, inputs, attention_mask=attention_mask, max_new_tokens=generation_config.max_new_tokens,
+        steps=generation_config.steps, eps=generation_config.eps, alg=generation_config.alg,
+        alg_temp=generation_config.alg_temp, temperature=generation_config.temperature,
+        top_p=generation_config.top_p, top_k=generation_config.top_k,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -781,3 +867,110 @@ def test_dream_determinism_and_seeded_reproducibility():
     torch.manual_seed(4)
     c = generate(model, prompt, temperature=1.0, top_p=0.95, **kw).sequences
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dream: the default call (DreamGenerationConfig.from_model_config) on tiny checkpoints with a 512-token vocabulary
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class FullForwardDream:
+    """A loaded tiny Dream checkpoint seen by both samplers through one full forward per step.
+
+    The reference reads ``model(x).logits`` (row ``j`` predicts token ``j + 1``); ours reads the same tensor
+    shifted by one row, so both sides see bit-identical logits. ``reference_config`` is what the hub model's
+    ``config`` (a transformers 4.46 ``PretrainedConfig``) holds.
+    """
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.config = model.config
+        self.reference_config = RefPretrainedConfig(
+            vocab_size=model.config.vocab_size, mask_token_id=model.config.mask_token_id,
+            pad_token_id=model.config.pad_token_id, eos_token_id=model.config.eos_token_id,
+            bos_token_id=None, model_type="Dream",
+        )
+
+    def reference_logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.model(x, attention_mask).logits
+
+    def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor):
+        raw = self.model(input_ids, attention_mask).logits
+        return torch.cat([raw[:, :1], raw[:, :-1]], dim=1)[:, positions]
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=lambda s: f"tiny-dream-{s}")
+def tiny_dream(request, tmp_path_factory):
+    from maskkv.models import load_model
+    from maskkv.models.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path_factory.mktemp(f"dream{request.param}"), "dream", seed=request.param)
+    model = FullForwardDream(load_model(folder))
+    assert model.config.vocab_size == 512  # so that top-50 filtering removes most of the vocabulary
+    return model
+
+
+def _tiny_prompt(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 400, (1, 9), generator=g)  # regular BPE tokens, clear of the special ids
+
+
+DEFAULT_CASES = [(16, 16, 40), (16, 8, 41), (12, 6, 42)]  # (G, S, prompt seed)
+
+
+def test_reference_default_generation_config_is_the_legacy_one():
+    """The transcription itself: the class defaults lose to the model config's legacy generation attributes."""
+    config = RefDreamGenerationConfig.from_model_config(RefPretrainedConfig(mask_token_id=7))
+    assert (config.temperature, config.top_p, config.top_k) == (1.0, 1.0, 50)
+    assert (config.alg, config.steps, config.eps, config.alg_temp) == ("origin", 512, 1e-3, None)
+    class_defaults = RefDreamGenerationConfig()
+    assert (class_defaults.temperature, class_defaults.top_p, class_defaults.top_k) == (0.0, None, None)
+
+
+@pytest.mark.parametrize("alg", ["entropy", "maskgit_plus", "topk_margin"])
+@pytest.mark.parametrize("case", DEFAULT_CASES, ids=lambda c: f"G{c[0]}-S{c[1]}")
+def test_dream_default_call_matches_reference_default_call(tiny_dream, alg, case):
+    """``generate(..., remasking=alg)`` with every filter unset = ``diffusion_generate(..., temperature=0.0, alg=alg)``
+    without a generation config (top-50 filtered confidences), the call of Dream's README minus the sampling."""
+    gen_length, steps, seed = case
+    prompt = _tiny_prompt(seed)
+    ours = generate(tiny_dream, prompt, gen_length=gen_length, steps=steps, remasking=alg)
+    theirs = ref_diffusion_generate(tiny_dream, prompt, max_new_tokens=gen_length, steps=steps, temperature=0.0,
+                                    alg=alg)
+    assert torch.equal(ours.sequences, theirs)
+
+
+def test_dream_top_k_zero_switches_the_filter_off_and_the_filter_matters(tiny_dream):
+    """``top_k=0`` is the reference with the class defaults (no filter); on a 512-token vocabulary that differs
+    from the default call in some case, so the test above would fail without the top-50 default."""
+    differs = 0
+    for alg in ("entropy", "maskgit_plus", "topk_margin"):
+        for gen_length, steps, seed in DEFAULT_CASES:
+            prompt = _tiny_prompt(seed)
+            off = generate(tiny_dream, prompt, gen_length=gen_length, steps=steps, remasking=alg, top_k=0)
+            unfiltered = ref_diffusion_generate(
+                tiny_dream, prompt, generation_config=RefDreamGenerationConfig(), max_new_tokens=gen_length,
+                steps=steps, temperature=0.0, alg=alg,
+            )
+            assert torch.equal(off.sequences, unfiltered)
+            default = ref_diffusion_generate(tiny_dream, prompt, max_new_tokens=gen_length, steps=steps,
+                                             temperature=0.0, alg=alg)
+            differs += not torch.equal(off.sequences, default)
+    assert differs > 0
+
+
+@pytest.mark.parametrize("alg", [None, "entropy"])
+def test_dream_reference_temperature_matches_the_bare_reference_call(tiny_dream, alg):
+    """``temperature=None`` is Dream's effective 1.0: the bare ``diffusion_generate(ids, max_new_tokens, steps)``
+    (alg origin, T 1.0, top-50) and ours with every sampling option unset draw the same numbers, same tokens."""
+    prompt = _tiny_prompt(43)
+    remasking = {"remasking": alg} if alg else {"remasking": "origin"}
+    extra = {"alg": alg} if alg else {}
+    for seed in range(3):
+        ours, theirs, a, b = _both(
+            lambda: generate(tiny_dream, prompt, gen_length=12, steps=12, temperature=None, **remasking),
+            lambda: ref_diffusion_generate(tiny_dream, prompt, max_new_tokens=12, steps=12, **extra),
+            seed=seed,
+        )
+        assert torch.equal(ours.sequences, theirs)
+        assert torch.equal(a, b), "the RNG stream diverged from the reference's"

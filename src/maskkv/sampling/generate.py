@@ -30,6 +30,7 @@ import torch
 from ..cache.dllm_cache import DLLMCache
 from ..cache.fast_dllm import FastDLLMCache
 from ..presses.base import Press
+from ..validation import check_number, check_optional
 
 from .confidence import LLADA_REMASKING, SOFTMAX_DTYPES, llada_propose, sample_tokens
 from .schedules import (
@@ -41,6 +42,17 @@ from .schedules import (
 
 DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 DREAM_ALIASES = {"low_confidence": "maskgit_plus"}
+
+# What an unset (None) temperature / top_p / top_k means: the family reference's effective default
+# (``sampling.md`` 1.9, 2.1). LLaDA's ``generate`` has plain keyword defaults and no hidden ones. Dream's
+# ``diffusion_generate`` without a ``generation_config`` builds one with
+# ``DreamGenerationConfig.from_model_config(model.config)``; under transformers 4.46 (Dream's pin) every
+# ``PretrainedConfig`` carries the legacy ``temperature=1.0, top_p=1.0, top_k=50``, which override the class
+# defaults, so a call that does not pass ``top_k`` keeps the 50 largest logits before the confidence softmax.
+REFERENCE_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "llada": {"temperature": 0.0},
+    "dream": {"temperature": 1.0, "top_p": 1.0, "top_k": 50},
+}
 
 
 @dataclass
@@ -394,7 +406,7 @@ def generate(
     gen_length: int,
     steps: int,
     block_length: int | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = 0.0,
     remasking: str = "low_confidence",
     cfg_scale: float = 0.0,
     threshold: float | None = None,
@@ -419,14 +431,20 @@ def generate(
         gen_length: ``G``, tokens to generate.
         steps: total steps ``S`` (divisible by the number of blocks). With ``threshold`` only validated.
         block_length: ``Lb``; None = one block (LLaDA) / Dream's unblocked sampler.
-        temperature: LLaDA Gumbel / Dream sampling temperature, ``>= 0``.
+        temperature: LLaDA Gumbel / Dream sampling temperature, ``>= 0`` (0 = greedy, the default for both
+            families). ``None`` = the family reference's default: 0.0 for LLaDA, 1.0 for Dream (what
+            ``diffusion_generate`` samples at when the caller passes no temperature).
         remasking: LLaDA ``"low_confidence"`` | ``"random"``; Dream ``"origin"`` | ``"maskgit_plus"`` |
             ``"topk_margin"`` | ``"entropy"`` (``"low_confidence"`` = ``"maskgit_plus"``).
         cfg_scale: LLaDA unsupervised classifier-free guidance, ``>= 0``.
         threshold: Fast-dLLM parallel decoding threshold in ``(0, 1]`` (3.1), or None.
         logits_eos_inf, confidence_eos_eot_inf: LLaDA EOS/EOT flags (1.6).
         softmax_dtype: LLaDA confidence softmax ``"logits"`` (HEAD) | ``"float64"`` (Fast-dLLM).
-        top_p, top_k, alg_temp, eps: Dream ``sample_tokens`` filters, selection temperature, final time.
+        top_p: Dream nucleus filter in ``(0, 1]``; ``None`` = the reference's effective 1.0 (no filter).
+        top_k: Dream top-k filter before the softmax that gives tokens and confidences; ``None`` = the
+            reference's effective 50 (``DreamGenerationConfig.from_model_config`` under transformers 4.46);
+            ``0`` switches the filter off. LLaDA's reference has no such hidden defaults: leave all three None.
+        alg_temp, eps: Dream selection temperature (``>= 0``) and final time in ``(0, 1)``.
         cache: a :class:`~maskkv.cache.DLLMCache` policy, a :class:`~maskkv.cache.FastDLLMCache`
             (Fast-dLLM's per-block prefix/dual cache, ``sampling.md`` 3.2-3.3), or None for a full
             forward every step.
@@ -441,12 +459,12 @@ def generate(
     family = config.family
     if family not in ("llada", "dream"):
         raise ValueError(f"model.config.family={family!r} is unknown; expected 'llada' or 'dream'")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if cfg_scale < 0:
-        raise ValueError(f"cfg_scale must be >= 0 (0 disables cfg), got {cfg_scale}")
-    if threshold is not None and not 0 < threshold <= 1:
-        raise ValueError(f"threshold must be in (0, 1] (or None to use the step schedule), got {threshold}")
+    if temperature is None:
+        temperature = REFERENCE_DEFAULTS[family]["temperature"]
+    check_number("temperature", temperature, low=0.0, hint="0 is greedy, None the family reference's default")
+    check_number("cfg_scale", cfg_scale, low=0.0, hint="0 disables cfg")
+    check_optional("threshold", threshold, low=0.0, high=1.0, low_open=True, hint="None uses the step schedule")
+    check_number("eps", eps, low=0.0, high=1.0, low_open=True, high_open=True)
     if softmax_dtype not in SOFTMAX_DTYPES:
         raise ValueError(f"softmax_dtype={softmax_dtype!r} is unknown; use one of {SOFTMAX_DTYPES}")
 
@@ -475,14 +493,12 @@ def generate(
         given = [name for name, used in llada_only.items() if used]
         if given:
             raise ValueError(f"{', '.join(given)} apply to LLaDA models only; Dream's reference has no such option")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-        if alg_temp is not None and alg_temp < 0:
-            raise ValueError(f"alg_temp must be >= 0 or None, got {alg_temp}")
-        if not 0 < eps < 1:
-            raise ValueError(f"eps must be in (0, 1), got {eps}")
+        check_optional("top_p", top_p, low=0.0, high=1.0, low_open=True, hint="None is the reference's 1.0 (off)")
+        check_optional("top_k", top_k, low=0, integer=True, hint="None is the reference's 50, 0 switches it off")
+        check_optional("alg_temp", alg_temp, low=0.0)
+        defaults = REFERENCE_DEFAULTS["dream"]
+        top_p = defaults["top_p"] if top_p is None else top_p
+        top_k = defaults["top_k"] if top_k is None else (top_k or None)  # 0: no top-k filter
         if threshold is not None and alg not in ("maskgit_plus", "topk_margin"):
             raise ValueError(
                 f"threshold needs a probability-like confidence; remasking={remasking!r} has none "
