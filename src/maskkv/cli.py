@@ -2,26 +2,81 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
 from rich.console import Console
 
+from .validation import check_number
+
 console = Console(stderr=True)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What a user can cause: bad values, missing / malformed / mismatched files, an unreachable hub.
+_USER_ERRORS = (ValueError, OSError, KeyError)
 
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _checked(**bounds: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback passing the option's value through :func:`maskkv.validation.check_number`."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check_number(param.opts[0], value, **bounds)
+        except ValueError as err:
+            raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+    return callback
+
+
+def _debug_requested(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get("MASKKV_DEBUG", "").lower() in ("1", "true", "yes")
+
+
+class _MainGroup(click.Group):
+    """The ``maskkv`` group: any error ends in one ``Error: ...`` line and exit code 1, never a traceback.
+
+    ``--debug`` (or ``MASKKV_DEBUG=1``) prints the traceback as well. Errors a user can cause (bad values,
+    missing or broken files) print their message; anything else is labelled an internal error.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as err:
+            origin = err.__cause__ or err.__context__  # the error a command turned into its message
+            if _debug_requested(ctx) and origin is not None:
+                traceback.print_exception(origin)
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as err:
+            if _debug_requested(ctx):
+                traceback.print_exception(err)
+            if isinstance(err, _USER_ERRORS):
+                message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            else:
+                message = (f"internal error ({type(err).__name__}: {err}); rerun with --debug (or MASKKV_DEBUG=1) "
+                           "for the traceback and report it")
+            raise click.ClickException(message or type(err).__name__) from None
+
+
+@click.group(cls=_MainGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="maskkv")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error (also: MASKKV_DEBUG=1).")
+def main(debug: bool) -> None:
     """maskkv: KV-cache eviction for long-context inference with diffusion LLMs (LLaDA, Dream)."""
 
 
@@ -36,14 +91,22 @@ def main() -> None:
 @click.option("--steps", type=int, default=64, show_default=True, help="Denoising steps in total.")
 @click.option("--block-length", type=int, default=None,
               help="Semi-autoregressive block length (default: one block; Dream: its own schedule).")
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="Sampling temperature (0 = greedy).")
+@click.option("--temperature", type=float, default=0.0, show_default=True, callback=_checked(low=0.0),
+              help="Sampling temperature >= 0 (0 = greedy, for both families). Dream's reference samples at 1.0 "
+                   "when its caller passes no temperature: give --temperature 1 to reproduce that call.")
 @click.option("--remasking", default="low_confidence", show_default=True,
               help="LLaDA: low_confidence | random. Dream: origin | maskgit_plus | topk_margin | entropy.")
-@click.option("--cfg-scale", type=float, default=0.0, show_default=True, help="Classifier-free guidance scale.")
-@click.option("--threshold", type=float, default=None, help="Fast-dLLM parallel decoding confidence threshold, e.g. 0.9.")
-@click.option("--top-p", type=float, default=None, help="Dream: nucleus sampling threshold.")
-@click.option("--top-k", type=int, default=None, help="Dream: top-k sampling.")
-@click.option("--alg-temp", type=float, default=None, help="Dream: temperature of the position choice.")
+@click.option("--cfg-scale", type=float, default=0.0, show_default=True, callback=_checked(low=0.0),
+              help="LLaDA: classifier-free guidance scale >= 0 (0 = off).")
+@click.option("--threshold", type=float, default=None, callback=_checked(low=0.0, high=1.0, low_open=True),
+              help="Fast-dLLM parallel decoding confidence threshold in (0, 1], e.g. 0.9.")
+@click.option("--top-p", type=float, default=None, callback=_checked(low=0.0, high=1.0, low_open=True),
+              help="Dream: nucleus filter in (0, 1] (default: the reference's effective 1.0, no filter).")
+@click.option("--top-k", type=int, default=None, callback=_checked(low=0, integer=True),
+              help="Dream: keep the K largest logits before the softmax that gives tokens and confidences "
+                   "(default: the reference's effective 50; 0 = no filter).")
+@click.option("--alg-temp", type=float, default=None, callback=_checked(low=0.0),
+              help="Dream: temperature >= 0 of the position choice.")
 @click.option("--logits-eos-inf", is_flag=True, help="LLaDA: never propose EOS.")
 @click.option("--confidence-eos-eot-inf", is_flag=True, help="LLaDA: zero the confidence of EOS/EOT proposals.")
 @click.option("--cache", "cache_kind", type=click.Choice(["none", "dllm", "fast-prefix", "fast-dual"]), default="none",
@@ -54,8 +117,8 @@ def main() -> None:
               help="dLLM-Cache: recompute the prompt every N passes (-1: every pass).")
 @click.option("--response-interval", type=int, default=5, show_default=True,
               help="dLLM-Cache: recompute all response rows every N passes (-1: every pass).")
-@click.option("--transfer-ratio", type=float, default=0.25, show_default=True,
-              help="dLLM-Cache: share of response rows refreshed by V-verify on other passes.")
+@click.option("--transfer-ratio", type=float, default=0.25, show_default=True, callback=_checked(low=0.0, high=1.0),
+              help="dLLM-Cache: share in [0, 1] of response rows refreshed by V-verify on other passes.")
 @click.option("--press", "press_name", default=None,
               help="Evict prompt K/V with this press: maskkv, snapkv, pyramidkv, squeeze, adakv, streaming, h2o, "
                    "knorm, random, sparse_dllm.")
@@ -68,6 +131,7 @@ def main() -> None:
 @click.option("--dtype", type=click.Choice(sorted(_DTYPES)), default=None,
               help="Weights dtype (default: float32 on CPU, bfloat16 elsewhere).")
 @click.option("--rope-scaling-factor", type=float, default=1.0, show_default=True,
+              callback=_checked(low=0.0, low_open=True),
               help="Multiply rope_theta (LongLLaDA NTK scaling, e.g. 4 for 8k with LLaDA).")
 def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat: bool, gen_length: int, steps: int,
              block_length: int | None, temperature: float, remasking: str, cfg_scale: float, threshold: float | None,
@@ -75,7 +139,14 @@ def generate(model_path: str, prompt: str | None, prompt_file: Path | None, chat
              confidence_eos_eot_inf: bool, cache_kind: str, prompt_interval: int, response_interval: int,
              transfer_ratio: float, press_name: str | None, budget: int, profile_path: str | None, seed: int,
              device: str, dtype: str | None, rope_scaling_factor: float) -> None:
-    """Generate an answer to one prompt and print it."""
+    """Generate an answer to one prompt and print it.
+
+    \b
+    Defaults: greedy (temperature 0) for both families. LLaDA's reference has no hidden defaults.
+    Dream: an unset --top-k / --top-p is the reference's effective 50 / 1.0 (Dream's diffusion_generate
+    builds its config from the model config, which carries transformers 4.46's legacy top_k=50);
+    --top-k 0 turns the filter off.
+    """
     from . import generate as run_generate
     from . import load_model, load_tokenizer
     from .cache import DLLMCache, FastDLLMCache
@@ -153,7 +224,12 @@ def calibrate(model_path: str, data_path: Path, samples: int, gen_length: int, m
         for number, line in enumerate(data_path.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                _fail(f"{data_path}:{number}: not a JSON object line ({err}); write one JSON object per line")
+            if not isinstance(row, dict):
+                _fail(f"{data_path}:{number}: expected a JSON object with a 'prompt' field, got {type(row).__name__}")
             text = next((row[k] for k in ("prompt", "input", "context") if isinstance(row.get(k), str)), None)
             if text is None:
                 _fail(f"{data_path}:{number}: no 'prompt', 'input' or 'context' string field")

@@ -14,6 +14,7 @@ from click.core import ParameterSource
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..validation import check_number
 from .architectures import ARCHITECTURES
 from .report import build_document, machine_info, print_results, write_outputs
 from .runner import DTYPES, BenchConfig, load_bench_model, measure_in_process, measure_isolated
@@ -97,6 +98,7 @@ def bench(**options: Any) -> None:
                 options[key] = value
     console = Console(stderr=True)
     try:
+        check_number("--timeout", options["timeout"], low=0.0, low_open=True)
         configs, settings = _grid(options)
     except ValueError as err:
         raise click.ClickException(str(err)) from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..validation import check_number
+
 if TYPE_CHECKING:
     from ..models.transformer import DiffusionTransformer
     from ..presses.base import Press
@@ -67,8 +69,7 @@ class DLLMCache:
             value = getattr(self, name)
             if value == 0 or value < -1:
                 raise ValueError(f"DLLMCache.{name}={value}: use a positive interval, or -1 for every pass")
-        if not 0.0 <= self.transfer_ratio <= 1.0:
-            raise ValueError(f"DLLMCache.transfer_ratio={self.transfer_ratio} must lie in [0, 1]")
+        check_number("DLLMCache.transfer_ratio", self.transfer_ratio, low=0.0, high=1.0)
 
     def refresh_prompt(self, step: int) -> bool:
         """Pass ``step`` (1-based, counted over the whole request) recomputes the prompt."""

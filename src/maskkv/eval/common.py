@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from ..validation import check_number
+
 logger = logging.getLogger(__name__)
 
 #: Row fields that depend on the machine's speed; everything else in a prediction row is deterministic.
@@ -419,6 +421,9 @@ class GenerationConfig:
                 raise EvalError(f"unknown press {self.press!r}; choose one of {', '.join(sorted(PRESSES))} or 'full'")
             if self.budget is None or self.budget < 1:
                 raise EvalError(f"--press {self.press} needs a positive --budget, got {self.budget}")
+            self.make_press()  # field overrides (--press-option) checked before any work starts
+        check_number("temperature", self.temperature, low=0.0, hint="0 is greedy")
+        self.make_cache()  # its own checks (transfer_ratio, intervals)
 
     def lengths(self, gen_length: int) -> tuple[int, int, int]:
         """``(gen_length, steps, block_length)`` for a requested length.

@@ -9,13 +9,18 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
+import safetensors
 from safetensors import safe_open
 
+from ..validation import check_number
 from . import dream, llada
 from .config import ModelConfig
 from .transformer import DiffusionTransformer, PackedLMHead, can_pack_lm_head
@@ -71,10 +76,7 @@ def read_config(folder: Path, *, rope_scaling_factor: float = 1.0) -> ModelConfi
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder} has no config.json; is this a Hugging Face checkpoint folder?")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{config_path} is not valid JSON: {err}") from err
+    raw = _json_object(config_path)
     model_type = raw.get("model_type")
     if model_type not in ADAPTERS:
         raise CheckpointError(
@@ -86,26 +88,52 @@ def read_config(folder: Path, *, rope_scaling_factor: float = 1.0) -> ModelConfi
     return replace(config, eot_token_id=eot, rope_scaling_factor=rope_scaling_factor, name=str(folder))
 
 
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON object file of the checkpoint, or a :class:`CheckpointError` naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); re-download or re-create the file") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(data).__name__}; re-download the file")
+    return data
+
+
 def _special_token_id(folder: Path, token: str) -> int | None:
     """The id of an added token, read from tokenizer.json or tokenizer_config.json when present."""
     tok_json = folder / "tokenizer.json"
     if tok_json.is_file():
-        for entry in json.loads(tok_json.read_text()).get("added_tokens", []):
-            if entry.get("content") == token:
+        for entry in _json_object(tok_json).get("added_tokens", []):
+            if isinstance(entry, dict) and entry.get("content") == token:
                 return int(entry["id"])
     tok_config = folder / "tokenizer_config.json"
     if tok_config.is_file():
-        for idx, entry in json.loads(tok_config.read_text()).get("added_tokens_decoder", {}).items():
-            if entry.get("content") == token:
+        for idx, entry in _json_object(tok_config).get("added_tokens_decoder", {}).items():
+            if isinstance(entry, dict) and entry.get("content") == token:
                 return int(idx)
     return None
+
+
+@contextmanager
+def _open_safetensors(path: Path) -> Iterator[Any]:
+    """``safe_open(path)`` whose header and tensor errors name the file and say what to do."""
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            yield f
+    except (safetensors.SafetensorError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise CheckpointError(
+            f"{path} is not a valid safetensors file ({err}); it is probably truncated or corrupt (an interrupted "
+            "download or copy): delete it and download or copy it again"
+        ) from err
 
 
 def _weight_files(folder: Path) -> dict[str, list[str]]:
     """Shard file -> tensor names, from the index file or the single ``model.safetensors``."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
+        weight_map = _json_object(index).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index} has no 'weight_map' object")
         shards: dict[str, list[str]] = defaultdict(list)
@@ -117,7 +145,7 @@ def _weight_files(folder: Path) -> dict[str, list[str]]:
         return dict(shards)
     single = folder / "model.safetensors"
     if single.is_file():
-        with safe_open(single, framework="pt") as f:
+        with _open_safetensors(single) as f:
             return {single.name: list(f.keys())}
     if any(folder.glob("*.bin")) or any(folder.glob("*.pt")) or any(folder.glob("*.pth")):
         raise CheckpointError(
@@ -141,6 +169,7 @@ def load_model(
     ``dtype=None`` means float32 on CPU (bf16 matmuls are very slow there) and bfloat16 elsewhere.
     ``rope_scaling_factor`` multiplies ``rope_theta`` (LongLLaDA NTK scaling, ``models.md`` 6).
     """
+    check_number("rope_scaling_factor", rope_scaling_factor, low=0.0, low_open=True, hint="1 leaves rope_theta as is")
     folder = resolve_checkpoint(path_or_hub_id)
     config = read_config(folder, rope_scaling_factor=rope_scaling_factor)
     device = torch.device(device)
@@ -157,7 +186,7 @@ def load_model(
     found: set[str] = set()
     unexpected: list[str] = []
     for shard, names in _weight_files(folder).items():
-        with safe_open(folder / shard, framework="pt", device="cpu") as f:
+        with _open_safetensors(folder / shard) as f:
             for name in names:
                 ours = key_map.get(name)
                 if ours is None:

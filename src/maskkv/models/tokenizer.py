@@ -228,7 +228,12 @@ def load_tokenizer(path_or_hub_id: str | Path, *, family: str | None = None) -> 
     from transformers import PreTrainedTokenizerFast
 
     if tok_json.is_file():
-        backend = Tokenizer.from_file(str(tok_json))
+        try:
+            backend = Tokenizer.from_file(str(tok_json))
+        except Exception as exc:  # the tokenizers library raises a bare Exception
+            raise ValueError(
+                f"{tok_json} is not a valid tokenizer file ({exc}); re-download or re-create the file"
+            ) from exc
     else:
         for needed in (vocab_file, merges_file, tok_cfg_file):
             if not needed.is_file():

@@ -3,6 +3,8 @@
 ``Press(budget=N)`` builds any of them with the paper's defaults; ``PRESSES`` maps CLI names to classes.
 """
 
+import dataclasses
+
 from .adakv_press import AdaKVPress
 from .base import KeepSet, LayerContext, Press, PressPlan
 from .h2o_press import H2OPress
@@ -28,7 +30,12 @@ def make_press(name: str, budget: int, **options: object) -> Press:
     """The press registered as ``name`` (see ``PRESSES``) with ``budget`` and any field overrides."""
     if name not in PRESSES:
         raise ValueError(f"unknown press {name!r}; choose one of {sorted(PRESSES)}")
-    return PRESSES[name](budget=budget, **options)
+    press_class = PRESSES[name]
+    known = {f.name for f in dataclasses.fields(press_class)} - {"budget"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{press_class.__name__} has no option {', '.join(unknown)}; its options are {sorted(known)}")
+    return press_class(budget=budget, **options)
 
 
 __all__ = [

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from ..validation import check_number
 from . import budgets as B
 from .attention_stats import attention_column_sums
 
@@ -144,12 +145,10 @@ class Press:
                     f"{type(self).__name__}: {field_name}={getattr(self, field_name)!r}; use one of {allowed}"
                 )
         for field_name in ("alpha", "beta", "squeeze_fraction", "adakv_floor"):
-            value = getattr(self, field_name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{type(self).__name__}: {field_name}={value} must lie in [0, 1]")
+            check_number(f"{type(self).__name__}.{field_name}", getattr(self, field_name), low=0.0, high=1.0)
         for field_name in ("window", "protect_first", "protect_last", "min_head_budget"):
-            if getattr(self, field_name) < 0:
-                raise ValueError(f"{type(self).__name__}: {field_name}={getattr(self, field_name)} must be >= 0")
+            check_number(f"{type(self).__name__}.{field_name}", getattr(self, field_name), low=0, integer=True)
+        check_number(f"{type(self).__name__}.pyramid_beta", self.pyramid_beta, low=1, integer=True)
 
     # ----- the one override point ---------------------------------------------------------
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..validation import check_number
 from .data import TRAIN_TASKS
 from .trainer import (
     Stage,
@@ -123,8 +124,14 @@ def train_tiny(out_dir: Path, seed: int, layers: int, hidden: int, heads: int, m
                warmup: int, t_min: float, filler: str, checkpoint_every: int, eval_every: int, threads: int,
                max_minutes: float | None, stop_at_step: int | None, bf16: bool, quiet: bool) -> None:
     """Train the tiny LLaDA-architecture dLLM with the LLaDA SFT objective on long-context retrieval tasks."""
-    if not 0 < t_min < 1:
-        raise click.BadParameter(f"--t-min must be in (0, 1), got {t_min}")
+    try:
+        check_number("--t-min", t_min, low=0.0, high=1.0, low_open=True, high_open=True)
+        check_number("--lr", lr, low=0.0, low_open=True)
+        check_number("--rope-theta", rope_theta, low=0.0, low_open=True)
+        if max_minutes is not None:
+            check_number("--max-minutes", max_minutes, low=0.0, low_open=True)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
     task_weights = _parse_tasks(tasks)
     if task_weights and not stages:
         raise click.BadParameter("--tasks applies to --stages (named curricula set their own tasks per stage)",
