@@ -248,6 +248,9 @@ def test_bad_policy_values():
         DLLMCache(prompt_interval=0)
     with pytest.raises(ValueError, match="transfer_ratio"):
         DLLMCache(transfer_ratio=1.5)
+    for bad in (float("nan"), float("inf"), "0.25"):
+        with pytest.raises(ValueError, match=r"DLLMCache.transfer_ratio must be in \[0, 1\], got"):
+            DLLMCache(transfer_ratio=bad)
 
 
 @pytest.mark.parametrize(

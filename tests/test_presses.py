@@ -323,10 +323,20 @@ def test_bad_press_input():
         SnapKVPress(budget=-3)
     with pytest.raises(ValueError, match="unknown press 'nope'"):
         make_press("nope", budget=4)
-    with pytest.raises(ValueError, match="alpha=1.5"):
+    with pytest.raises(ValueError, match=r"MaskKVPress.alpha must be in \[0, 1\], got 1.5"):
         MaskKVPress(budget=4, alpha=1.5)
-    with pytest.raises(ValueError, match="beta=-0.1"):
+    with pytest.raises(ValueError, match=r"MaskKVPress.beta must be in \[0, 1\], got -0.1"):
         MaskKVPress(budget=4, beta=-0.1)
+    for name in ("alpha", "beta", "squeeze_fraction", "adakv_floor"):
+        for bad in (float("nan"), float("inf"), "0.5"):
+            with pytest.raises(ValueError, match=rf"\.{name} must be in \[0, 1\], got"):
+                make_press("maskkv", 4, **{name: bad})
+    with pytest.raises(ValueError, match="SnapKVPress.window must be an integer >= 0, got -1"):
+        SnapKVPress(budget=4, window=-1)
+    with pytest.raises(ValueError, match="PyramidKVPress.pyramid_beta must be an integer >= 1, got 0"):
+        make_press("pyramidkv", 4, pyramid_beta=0)
+    with pytest.raises(ValueError, match="SnapKVPress has no option alhpa; its options are"):
+        make_press("snapkv", 4, alhpa=0.1)
     with pytest.raises(ValueError, match="prompt_refresh"):
         MaskKVPress(budget=4, prompt_refresh="sometimes")
     with pytest.raises(FileNotFoundError, match="maskkv calibrate"):
