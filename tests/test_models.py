@@ -214,6 +214,33 @@ def test_errors_name_the_problem(tmp_path):
         load_model(ckpt)
 
 
+@pytest.mark.parametrize("shards", [1, 2])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupt_safetensors_names_the_file_and_what_to_do(tmp_path, shards, damage):
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", "llada", shards=shards, tokenizer=False)
+    weights = sorted(ckpt.glob("*.safetensors"))[-1]
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x00not safetensors" * 8,
+                         "empty": b""}[damage])
+    with pytest.raises(CheckpointError) as caught:
+        load_model(ckpt)
+    message = str(caught.value)
+    assert f"{weights} is not a valid safetensors file" in message
+    assert "download or copy it again" in message
+
+
+def test_malformed_json_files_are_named(tmp_path):
+    ckpt = write_tiny_checkpoint(tmp_path / "ckpt", "llada", shards=2, tokenizer=False)
+    (ckpt / "model.safetensors.index.json").write_text('{"weight_map": ')
+    with pytest.raises(CheckpointError, match=r"model\.safetensors\.index\.json is not valid JSON"):
+        load_model(ckpt)
+    (ckpt / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config\.json must hold a JSON object, got list"):
+        load_model(ckpt)
+    with pytest.raises(ValueError, match="rope_scaling_factor must be > 0 and finite, got nan"):
+        load_model(ckpt, rope_scaling_factor=float("nan"))
+
+
 def test_public_api_exports():
     assert maskkv.load_model is load_model
     assert callable(maskkv.load_tokenizer)
