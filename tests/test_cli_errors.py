@@ -210,3 +210,16 @@ def test_the_console_script_prints_no_traceback(folders):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr + done.stdout
     assert "Error: " in done.stderr and "model.safetensors is not a valid safetensors file" in done.stderr
+
+
+def test_bench_worker_errors_are_one_line(folders):
+    """An isolated measuring process reports a broken checkpoint as one line in its error row, no traceback."""
+    out = folders["root"] / "bench"
+    result = _run(["bench", "--model", str(folders["truncated"]), "--lengths", "32", "--systems", "vanilla",
+                   "--gen-length", "4", "--steps", "4", "--block-length", "4", "--threads", "1", "--isolate",
+                   "--out", str(out)])
+    _assert_clean_error(result, 1, "1 configuration(s) failed")
+    assert 'File "' not in result.output
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert len(rows) == 1 and "Traceback" not in rows[0]["error"] and 'File "' not in rows[0]["error"]
+    assert "CheckpointError: " in rows[0]["error"] and "not a valid safetensors file" in rows[0]["error"]

@@ -378,8 +378,11 @@ def worker_main() -> int:
     try:
         config = BenchConfig(**json.loads(sys.stdin.read()))
         row = measure(config)
-    except Exception:  # noqa: BLE001 - reported to the parent, which records an error row
-        traceback.print_exc()
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which records an error row
+        if os.environ.get("MASKKV_DEBUG", "").lower() in ("1", "true", "yes"):
+            traceback.print_exc()
+        else:  # the row shows one line: the error, not a traceback
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)
         return 1
     sys.stdout.write(json.dumps(row) + "\n")
     return 0
