@@ -199,6 +199,17 @@ def test_an_internal_error_is_labelled_and_has_no_traceback(folders, monkeypatch
     assert "Traceback" in _run(["--debug", *args]).output
 
 
+def test_out_of_memory_says_what_to_do(folders, monkeypatch):
+    import torch
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(maskkv, "load_model", oom)
+    result = _run(["generate", "--model", str(folders["good"]), "--prompt", "hi"])
+    _assert_clean_error(result, 1, "out of memory (CUDA out of memory. Tried to allocate 2.00 GiB)", "another device")
+
+
 def test_the_console_script_prints_no_traceback(folders):
     """The real process: stderr has the one error line, the exit status is 1."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}

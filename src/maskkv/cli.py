@@ -67,6 +67,9 @@ class _MainGroup(click.Group):
                 traceback.print_exception(err)
             if isinstance(err, _USER_ERRORS):
                 message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+            elif isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+                message = (f"out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                           "use a shorter prompt or generation, a smaller batch or budget, or another device")
             else:
                 message = (f"internal error ({type(err).__name__}: {err}); rerun with --debug (or MASKKV_DEBUG=1) "
                            "for the traceback and report it")
