@@ -145,22 +145,39 @@ def test_demo_errors(folders):
 
 @pytest.mark.parametrize("command", ["niah", "ruler"])
 @pytest.mark.parametrize(
-    "extra, messages",
+    "extra, code, messages",
     [
-        (["--temperature", "nan"], ["temperature must be >= 0 and finite, got nan"]),
-        (["--transfer-ratio", "inf"], ["transfer_ratio must be in [0, 1], got inf"]),
-        (["--press", "maskkv", "--budget", "8", "--press-option", "alpha=NaN"], ["alpha must be in [0, 1], got nan"]),
-        (["--press", "snapkv", "--budget", "8", "--press-option", "alhpa=0.1"], ["has no option alhpa"]),
-        (["--press", "snapkv", "--budget", "8", "--press-option", "squeeze_fraction=\"x\""],
+        (["--temperature", "nan"], 2, ["--temperature must be >= 0 and finite, got nan"]),
+        (["--transfer-ratio", "inf"], 2, ["--transfer-ratio must be in [0, 1], got inf"]),
+        (["--merge-timeout", "nan"], 2, ["--merge-timeout must be > 0 and finite, got nan"]),
+        (["--rope-scaling-factor", "0"], 2, ["--rope-scaling-factor must be > 0 and finite, got 0"]),
+        (["--press", "maskkv", "--budget", "8", "--press-option", "alpha=NaN"], 1,
+         ["alpha must be in [0, 1], got nan"]),
+        (["--press", "snapkv", "--budget", "8", "--press-option", "alhpa=0.1"], 1, ["has no option alhpa"]),
+        (["--press", "snapkv", "--budget", "8", "--press-option", "squeeze_fraction=\"x\""], 1,
          ["squeeze_fraction must be in [0, 1], got 'x'"]),
     ],
 )
-def test_eval_option_errors(folders, command, extra, messages):
+def test_eval_option_errors(folders, command, extra, code, messages):
     if command == "niah" and "--press" in extra:
         extra = ["--methods", extra[extra.index("--press") + 1]] + [a for i, a in enumerate(extra)
                                                                   if a != "--press" and extra[i - 1] != "--press"]
     args = ["eval", command, "--model", str(folders["good"]), "--out", str(folders["root"] / "eval"), *extra]
-    _assert_clean_error(_run(args), 1, *messages)
+    _assert_clean_error(_run(args), code, *messages)
+
+
+def test_eval_generation_config_checks_its_values():
+    """The library side of the eval options (the runs' recorded configuration)."""
+    from maskkv.eval.common import GenerationConfig
+
+    for kwargs, message in [
+        (dict(temperature=float("nan")), "temperature must be >= 0 and finite, got nan"),
+        (dict(transfer_ratio=float("inf")), "DLLMCache.transfer_ratio must be in [0, 1], got inf"),
+        (dict(press="maskkv", budget=8, press_options={"beta": float("nan")}), "MaskKVPress.beta must be in [0, 1]"),
+    ]:
+        with pytest.raises(ValueError) as caught:
+            GenerationConfig(**kwargs)
+        assert message in str(caught.value)
 
 
 def test_eval_broken_checkpoint(folders):

@@ -6,7 +6,6 @@ import os
 import sys
 import tempfile
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import click
 import torch
 from rich.console import Console
 
-from .validation import check_number
+from .validation import click_check as _checked
 
 console = Console(stderr=True)
 
@@ -25,20 +24,6 @@ _USER_ERRORS = (ValueError, OSError, KeyError)
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
-
-
-def _checked(**bounds: Any) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """A click callback passing the option's value through :func:`maskkv.validation.check_number`."""
-
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            return check_number(param.opts[0], value, **bounds)
-        except ValueError as err:
-            raise click.BadParameter(str(err), ctx=ctx, param=param) from None
-
-    return callback
 
 
 def _debug_requested(ctx: click.Context) -> bool:

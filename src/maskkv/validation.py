@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
+from typing import Any
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -61,3 +63,22 @@ def check_number(
 def check_optional(name: str, value: object, **bounds: object) -> float | int | None:
     """:func:`check_number` for options where ``None`` means "unset"."""
     return None if value is None else check_number(name, value, **bounds)  # type: ignore[arg-type]
+
+
+def click_check(**bounds: Any) -> Callable[[Any, Any, Any], Any]:
+    """A click option callback: the value through :func:`check_number`, a bad one as ``click.BadParameter``.
+
+    For the command lines (``callback=click_check(low=0.0)``); the message names the flag.
+    """
+
+    def callback(ctx: Any, param: Any, value: Any) -> Any:
+        import click
+
+        if value is None:
+            return None
+        try:
+            return check_number(param.opts[0], value, **bounds)
+        except ValueError as err:
+            raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+
+    return callback

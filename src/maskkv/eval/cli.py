@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from ..validation import click_check
 from .common import (
     CACHE_KINDS,
     DistInfo,
@@ -67,6 +68,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--dtype", type=click.Choice(_DTYPES), default=None,
                      help="Weights dtype (default: float32 on CPU, bfloat16 elsewhere)."),
         click.option("--rope-scaling-factor", type=float, default=1.0, show_default=True,
+                     callback=click_check(low=0.0, low_open=True),
                      help="Multiply rope_theta (LongLLaDA NTK scaling)."),
     ]):
         func = decorator(func)
@@ -84,14 +86,17 @@ def generation_options(*, block_length: int = 8, gen_length_help: str = "Overrid
                          help="Denoising steps (default: one per generated token, the paper's setting)."),
             click.option("--block-length", type=int, default=block_length, show_default=True,
                          help="Semi-autoregressive block length (gen lengths are rounded up to a multiple)."),
-            click.option("--temperature", type=float, default=0.0, show_default=True),
+            click.option("--temperature", type=float, default=0.0, show_default=True, callback=click_check(low=0.0),
+                         help="Sampling temperature >= 0 (0 = greedy). Dream checkpoints also get the reference's "
+                              "effective top-k 50 / top-p 1.0 (see maskkv generate --help)."),
             click.option("--remasking", default="low_confidence", show_default=True),
             click.option("--cache", "cache_kind", type=click.Choice(list(CACHE_KINDS)), default="dllm",
                          show_default=True, help="dLLM-Cache (the paper's setting), none (a full forward every "
                                                  "step), or Fast-dLLM's fast-prefix / fast-dual KV cache (no press)."),
             click.option("--prompt-interval", type=int, default=50, show_default=True),
             click.option("--response-interval", type=int, default=5, show_default=True),
-            click.option("--transfer-ratio", type=float, default=0.25, show_default=True),
+            click.option("--transfer-ratio", type=float, default=0.25, show_default=True,
+                         callback=click_check(low=0.0, high=1.0)),
             click.option("--eos-cut/--no-eos-cut", default=False, show_default=True,
                          help="Cut the answer at the first EOS/EOT before decoding (off = dLLM-Cache's decode)."),
             click.option("--seed", type=int, default=42, show_default=True,
@@ -126,6 +131,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--overwrite", is_flag=True, help="Delete the run's predictions and start again."),
         click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars with ETA."),
         click.option("--merge-timeout", type=float, default=86400.0, show_default=True,
+                     callback=click_check(low=0.0, low_open=True),
                      help="Data-parallel: seconds rank 0 waits for the other ranks' predictions."),
     ]):
         func = decorator(func)
