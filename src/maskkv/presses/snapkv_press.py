@@ -16,12 +16,12 @@ from .base import LayerContext, Press
 class SnapKVPress(Press):
     """SnapKV (Li et al., arXiv 2404.14469), ported to dLLMs as in ``baselines.md`` 2.
 
-    The last ``w_eff = min(window, B_unit // 2)`` prompt rows observe (``Press.observation_window``;
-    PyramidKV keeps the w_eff of the global B in every layer) (softmax over all keys of the
+    The last ``w_eff = min(window, B_unit // 2)`` prompt rows observe (softmax over all keys of the
     first pass: prompt and masks, no causal mask); each prefix key's score is the sum of their
     attention (GQA: summed over the query group before pooling), max-pooled with ``kernel_size``
     (stride 1, ``-inf`` padding); the window is kept inside the budget. Defaults: w 32, k 7,
-    max-pool (the paper's LongBench setting).
+    max-pool (the paper's LongBench setting). ``B_unit`` is the layer's budget, except under PyramidKV's
+    schedule, which keeps the w_eff of the global B in every layer (``Press.observation_window``).
     """
 
     kernel_size: int = 7
