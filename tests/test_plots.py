@@ -38,9 +38,21 @@ def _valid_png(path: Path) -> tuple[int, int]:
     return pixels.shape[1], pixels.shape[0]
 
 
+def _project_table() -> dict:
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:  # Python 3.10: the [project] table's two lists, read as TOML arrays of strings
+        text = PYPROJECT.read_text()
+        deps = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
+        extras = re.search(r"^\[project\.optional-dependencies\]\n(.*?)^\[", text, re.S | re.M).group(1)
+        return {"dependencies": re.findall(r'"([^"]+)"', deps),
+                "optional-dependencies": {m.group(1): re.findall(r'"([^"]+)"', m.group(2))
+                                          for m in re.finditer(r"^(\w+) = \[(.*?)\]", extras, re.M)}}
+    return tomllib.loads(PYPROJECT.read_text())["project"]
+
+
 def test_matplotlib_is_a_core_dependency():
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    project = _project_table()
     assert "matplotlib" in _requirement_names(project["dependencies"])
     for extra, requirements in project.get("optional-dependencies", {}).items():
         assert "matplotlib" not in _requirement_names(requirements), f"extra {extra!r} repeats a core dependency"
