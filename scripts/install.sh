@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install maskkv (editable) and its dependencies.
-#   bash scripts/install.sh          # the library and CLI
+#   bash scripts/install.sh          # the library and CLI (figures included: matplotlib is a core dependency)
 #   bash scripts/install.sh --test   # plus the test dependencies
 # torch: if it is already importable it is kept. Otherwise, on a machine without an NVIDIA GPU we
 # ask for the version pinned below (MASKKV_CPU_TORCH), which has a CPU wheel locally on our

@@ -36,11 +36,13 @@ def haystack_dir(tmp_path_factory):
 
 
 def _check_png(path: Path) -> tuple[int, int]:
+    """A decodable PNG (matplotlib and its Pillow are core dependencies: no skip); returns (width, height)."""
+    from PIL import Image
+
     assert path.is_file() and path.read_bytes()[:8] == PNG_SIGNATURE
-    image = pytest.importorskip("PIL.Image")
-    with image.open(path) as picture:
+    with Image.open(path) as picture:
         picture.verify()
-    with image.open(path) as picture:
+    with Image.open(path) as picture:
         assert picture.format == "PNG"
         return picture.size
 
@@ -90,13 +92,49 @@ def test_niah_command_writes_pivots_and_a_heat_map(llada_dir, haystack_dir, tmp_
     rows = [json.loads(line) for line in (root / "maskkv-32" / "pred" / "niah.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and {r["key"] for r in rows} == {f"{n}-{d}-0" for n in (350, 450) for d in (0, 50, 100)}
     assert all(0.0 <= r["duo_overlap"] <= 1.0 and "response" in r for r in rows)
-    pytest.importorskip("matplotlib")
     width, height = _check_png(root / "niah_heatmap.png")
     assert width > height > 100
     # a rerun resumes every cell: nothing is generated again
     before = (root / "maskkv-32" / "pred" / "niah.jsonl").read_bytes()
     assert CliRunner().invoke(main, args, catch_exceptions=False).exit_code == 0
     assert (root / "maskkv-32" / "pred" / "niah.jsonl").read_bytes() == before
+
+
+def test_magic_number_needle_is_drawn_per_cell_and_scored_by_string_match():
+    needle = niah.get_needle("magic-number")
+    a, b = needle.instance("500-0-0"), needle.instance("500-50-0")
+    assert a == needle.instance("500-0-0") and a != b  # the same needle for every method, another per cell
+    assert a.needle.strip() == f"One of the special magic numbers for {a.question.split()[7]} is: {a.expected}."
+    assert a.question.startswith("What is the special magic number for ") and 10 <= int(a.expected) <= 99
+    assert needle.score(f"{a.expected}", a) == 1.0 and needle.score("", a) == 0.0
+    assert needle.prompt.startswith("Read the text below and answer the question after it.")  # the training prompt
+    assert (needle.chat, needle.gen_length) == (True, 8)
+    with pytest.raises(niah.EvalError, match="unknown needle 'paris'; choose one of san-francisco, magic-number"):
+        niah.get_needle("paris")
+
+
+def test_shipped_model_retrieves_the_magic_number_needle(haystack_dir, tmp_path):
+    """The shipped tiny model never learned DuoAttention's sentence, but finds its training needle (full cache)."""
+    from importlib import resources
+
+    shipped = resources.files("maskkv") / "assets" / "tiny-llada"
+    args = ["eval", "niah", "--model", str(shipped), "--needle", "magic-number", "--haystack", str(haystack_dir),
+            "--lengths", "300,600", "--num-depths", "3", "--length-buffer", "100", "--out", str(tmp_path),
+            "--run-name", "magic", "--no-progress"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "overall score (string_match)" in result.output
+    root = tmp_path / "magic"
+    rows = [json.loads(line) for line in (root / "full" / "pred" / "niah.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and len({r["expected"] for r in rows}) > 1
+    assert [r["score"] for r in rows] == [1.0] * 6, [(r["expected"], r["response"]) for r in rows]
+    assert all(r["response"].startswith(r["expected"]) for r in rows)
+    config = json.loads((root / "full" / "result.json").read_text())["config"]["niah"]
+    assert (config["needle_name"], config["chat"], config["gen_length"]) == ("magic-number", True, 8)
+    summary = json.loads((root / "niah_summary.json").read_text())
+    assert summary["methods"]["Full"]["overall_score"] == 1.0 and summary["scoring"] == "string_match"
+    width, height = _check_png(root / "niah_heatmap.png")
+    assert width > height > 100
 
 
 def test_sweep_command_writes_table_and_curves(llada_dir, tmp_path):
@@ -123,7 +161,6 @@ def test_sweep_command_writes_table_and_curves(llada_dir, tmp_path):
     assert table.count("\n") == 2 + 1 + 4
     with (root / "sweep.csv").open() as handle:
         assert len(list(csv.reader(handle))) == 6
-    pytest.importorskip("matplotlib")
     width, height = _check_png(root / "sweep_curves.png")
     assert width > 200 and height > 200
     # resumable: a second sweep reuses every prediction file

@@ -414,3 +414,77 @@ def test_online_maskkv_drops_queries_of_waiting_layers_and_keeps_the_same_tokens
     assert all(ctx.scores is None for ctx in deferred)
     for a, b in zip(early, late, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+# ----- PyramidKV: one window for every layer (baselines.md 1.3, corrected) -----------------
+
+
+def _reference_pyramidkv_keep(queries, keys, p, layer, num_layers, budget, window=32, beta=20, kernel=7):
+    """The original PyramidKV written out straight (KVCache-Factory's schedule, SnapKV's scores): a set per head.
+
+    One window w for the schedule and for every layer: layer l keeps its cap_l best-scored prefix tokens and the
+    last w prompt tokens. Scores: the window rows' softmax over every key (no causal mask in a dLLM), summed over
+    the rows, averaged over a KV head's query group, max-pooled (k = 7, stride 1, edges see real neighbours only).
+    """
+    bb = budget - window
+    mn, mx = bb // beta, 2 * bb - bb // beta
+    if mx >= p - window:
+        mx = p - window
+        mn = 2 * bb - mx
+    cap = mx - layer * ((mx - mn) // (num_layers - 1))
+    if p < 2 * bb:
+        cap = bb
+    heads, kv_heads, head_dim = queries.shape[1], keys.shape[1], queries.shape[-1]
+    group = heads // kv_heads
+    kept = []
+    for kv in range(kv_heads):
+        column = torch.zeros(p - window, dtype=torch.float64)
+        for h in range(kv * group, (kv + 1) * group):
+            logits = queries[0, h, p - window : p].double() @ keys[0, kv].double().T / math.sqrt(head_dim)
+            column += torch.softmax(logits, dim=-1).sum(0)[: p - window] / group
+        pooled = [max(column[max(0, j - kernel // 2) : j + kernel // 2 + 1].tolist()) for j in range(p - window)]
+        best = sorted(range(p - window), key=lambda j: (-pooled[j], j))[:cap]
+        kept.append(sorted(best) + list(range(p - window, p)))
+    return kept
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_pyramidkv_keeps_the_schedules_window_in_every_layer(family, tmp_path, monkeypatch):
+    """B = 64 on a 4-layer model: layers keep 63/43/23/3 prefix tokens + the same 32 window tokens (3 + 32 in the
+    last one, not 18 + 17), and each layer's kept set per head is the straightforward re-implementation's."""
+    write_tiny_checkpoint(tmp_path / "m", family, num_layers=4, hidden_size=64, num_heads=4, seed=23)
+    model = load_model(tmp_path / "m")
+    p, gen, budget = 128, 8, 64
+    x = torch.cat([_prompt(model, 1, p, seed=21), torch.full((1, gen), model.config.mask_token_id)], dim=1)
+    seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    real_select = PressPlan._select
+
+    def spy(plan, ctx, layer_budget):
+        seen[ctx.layer] = (ctx.queries.detach().clone(), ctx.keys.detach().clone())
+        return real_select(plan, ctx, layer_budget)
+
+    monkeypatch.setattr(PressPlan, "_select", spy)
+    denoiser = DLLMCache().bind(model, p, press=make_press("pyramidkv", budget))
+    denoiser.logits_at(x, None, torch.arange(p, p + gen))
+    layers = model.config.num_layers
+    assert sorted(seen) == list(range(layers))
+    for layer in range(layers):
+        cache = denoiser.layers[layer]
+        positions = cache.prompt_positions.long()
+        slot_valid = cache.prompt_kv()[2]
+        valid = torch.ones_like(positions, dtype=torch.bool) if slot_valid is None else slot_valid.expand_as(positions)
+        expected = _reference_pyramidkv_keep(*seen[layer], p, layer, layers, budget)
+        for head in range(model.config.num_kv_heads):
+            kept = sorted(positions[0, head][valid[0, head]].tolist())
+            prefix = [j for j in kept if j < p - 32]
+            assert (len(prefix), len(kept) - len(prefix)) == ([63, 43, 23, 3][layer], 32)  # cap_l + the same w
+            assert kept == expected[head], (layer, head)
+
+
+def test_only_pyramidkv_keeps_the_global_window():
+    """SqueezeAttention and AdaKV keep the per-layer rule w_eff(B_l) = min(w, B_l // 2)."""
+    pyramid, squeeze = make_press("pyramidkv", 64), make_press("squeeze", 64)
+    assert [pyramid.observation_window(b) for b in (95, 35, 16)] == [32, 32, 32]
+    assert [squeeze.observation_window(b) for b in (95, 35, 16)] == [32, 17, 8]
+    assert make_press("pyramidkv", 16).observation_window(24) == 8  # w_eff of the global B = 16
+    assert make_press("maskkv", 64).observation_window(64) == 0  # no window: Mask-Voting scores every token

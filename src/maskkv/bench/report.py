@@ -265,17 +265,20 @@ def write_csv(document: dict[str, Any], path: Path) -> None:
 
 
 def plot(document: dict[str, Any], path: Path) -> None:
-    """Tokens/s, peak memory and decode-step time vs prompt length, one line per system (Figure 4)."""
-    import matplotlib
+    """Tokens/s, peak memory and decode-step time vs prompt length, one line per system (Figure 4).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib's object API on the Agg canvas: no pyplot, no global backend switch, no display needed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = [r for r in document["rows"] if not r.get("error")]
     systems: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         systems.setdefault(r["config"]["system"], []).append(r)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig = Figure(figsize=(16, 4.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     panels = (
         (axes[0], "tokens_per_s", 1.0, "decoded tokens / s"),
         (axes[1], "peak_memory_bytes", 1 / 2**30, "peak memory (GiB)"),
@@ -311,11 +314,12 @@ def plot(document: dict[str, Any], path: Path) -> None:
                  f"budget {first.get('budget')} (dashed: extrapolated)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_outputs(document: dict[str, Any], out_dir: Path, *, figure: bool = True) -> dict[str, Path]:
-    """results.json, results.csv and figure.png (when matplotlib is installed and ``figure``) under ``out_dir``.
+    """results.json, results.csv and figure.png (with ``figure``) under ``out_dir``.
+
+    If matplotlib (a dependency) cannot be imported, the figure is left out with a warning that says so.
 
     The JSON is written to a temporary file and renamed, so an interrupted write never leaves a
     truncated results.json behind.
@@ -331,7 +335,8 @@ def write_outputs(document: dict[str, Any], out_dir: Path, *, figure: bool = Tru
         return paths
     try:
         plot(document, paths["png"])
-    except ImportError:
-        logger.warning("matplotlib is not installed: no figure.png (pip install matplotlib)")
+    except ImportError as err:
+        logger.warning("matplotlib, a dependency of maskkv, cannot be imported (%s): no %s; `pip install "
+                       "matplotlib` (or rerun `bash scripts/install.sh`) and rerun the benchmark", err, paths["png"])
         del paths["png"]
     return paths

@@ -321,8 +321,14 @@ def _model_name(handle: ModelHandle) -> str:
 
 @eval_group.command("niah")
 @model_options
-@generation_options(gen_length_help="Tokens generated per cell (default 32, niah_ruler.md 1.4).", with_press=False)
+@generation_options(gen_length_help="Tokens generated per cell (default 32, niah_ruler.md 1.4; 8 with --needle "
+                                     "magic-number, the tiny model's answer length).", with_press=False)
 @run_options
+@click.option("--needle", type=click.Choice(["san-francisco", "magic-number"]), default="san-francisco",
+              show_default=True,
+              help="san-francisco: DuoAttention's sentence in the book prompt (Figure 8); magic-number: RULER's "
+                   "'special magic number' needle in the training prompt of the shipped tiny model (which never "
+                   "learned the other one), a key and value drawn per cell, scored by string match.")
 @click.option("--methods", multiple=True, default=("full",), show_default=True,
               help="Methods, one heat-map panel each: 'full' and/or press names (comma separated or repeated).")
 @click.option("--budget", type=int, default=256, show_default=True, help="Budget of every press (Figure 8: 256).")
@@ -337,8 +343,9 @@ def _model_name(handle: ModelHandle) -> str:
 @click.option("--num-depths", type=int, default=10, show_default=True)
 @click.option("--length-buffer", type=int, default=200, show_default=True,
               help="Tokens left free per cell: haystack + needle = length - buffer (DuoAttention's 200).")
-@click.option("--chat/--no-chat", default=False, show_default=True,
-              help="Wrap the book prompt in the chat template (DuoAttention: the literal prompt).")
+@click.option("--chat/--no-chat", default=None,
+              help="Wrap the prompt in the chat template (default: no for san-francisco, DuoAttention's literal "
+                   "prompt; yes for magic-number, as the tiny model was trained).")
 @handle_errors
 def niah_command(**kw: Any) -> None:
     """Needle in a haystack over a grid of lengths x depths; heat map with one panel per method (Figure 8)."""
@@ -353,7 +360,8 @@ def niah_command(**kw: Any) -> None:
     if kw["chat"]:
         check_chat(handle, True)
     run = NiahRun(handle=handle, gens=gens, lengths=lengths, depths=depths, haystack=kw["haystack"],
-                  length_buffer=kw["length_buffer"], chat=kw["chat"], gen_length=kw["gen_length"] or 32)
+                  length_buffer=kw["length_buffer"], chat=kw["chat"], gen_length=kw["gen_length"],
+                  needle=kw["needle"])
     root = kw["out_dir"] / (kw["run_name"] or f"{_model_name(handle)}_niah_{kw['cache_kind']}")
     with distributed_session(dist, kw["merge_timeout"]):
         summary = run_niah(run, root, _run_ctx_factory(root, dist, kw), overwrite=kw["overwrite"])
@@ -363,7 +371,7 @@ def niah_command(**kw: Any) -> None:
 
     table = Table(title=f"Needle in a haystack - {root.name}")
     table.add_column("method")
-    table.add_column("overall score (duo_overlap)", justify="right")
+    table.add_column(f"overall score ({summary['scoring']})", justify="right")
     for label, info in summary["methods"].items():
         table.add_row(label, f"{info['overall_score']:.3f}")
     Console().print(table)

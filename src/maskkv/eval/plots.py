@@ -1,8 +1,9 @@
 """Figures: the NIAH heat map (MaskKV Fig. 6/8, ``niah_ruler.md`` 5) and score-vs-budget curves (MaskKV Fig. 3).
 
-matplotlib is an optional dependency, imported lazily and used through the object API with the Agg canvas
+matplotlib is a dependency of maskkv, imported lazily and used through the object API with the Agg canvas
 (no pyplot, no global backend switch, no display needed). The numbers behind every figure are always written
-as JSON/CSV next to it, so tests and users do not need matplotlib to read results.
+as JSON/CSV next to it first; if matplotlib cannot be imported (a broken install), every function here raises
+:class:`EvalError` saying so before drawing anything, and the callers print it.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from .common import EvalError
 HEATMAP_COLORS = ("#F0496E", "#EBB839", "#0CD79F")
 
 
-def _matplotlib() -> tuple[object, object]:
+MISSING_MATPLOTLIB = ("matplotlib, a dependency of maskkv, cannot be imported ({error}): no {what}; "
+                      "`pip install matplotlib` (or rerun `bash scripts/install.sh`) and rerun the command, which "
+                      "reuses the saved results")
+
+
+def _matplotlib(what: str) -> tuple[object, object]:
+    """matplotlib's ``Figure`` and Agg canvas, or an :class:`EvalError` naming the missing figure ``what``."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as err:
-        raise EvalError("plotting needs matplotlib: pip install matplotlib (the results were saved as JSON/CSV)") \
-            from err
+        raise EvalError(MISSING_MATPLOTLIB.format(error=err, what=what)) from err
     return Figure, FigureCanvasAgg
 
 
@@ -55,9 +61,10 @@ def niah_heatmap(panels: Sequence[HeatmapPanel], path: Path, *, title: str | Non
     is "Overall Score: x.xxx" and its method name is written under it. ``trained_length`` draws a dashed line.
     """
     import numpy as np
+
+    Figure, Canvas = _matplotlib(f"heat map {path.name}")
     from matplotlib.colors import LinearSegmentedColormap
 
-    Figure, Canvas = _matplotlib()
     if not panels:
         raise EvalError("no NIAH results to plot")
     cmap = LinearSegmentedColormap.from_list("duo_niah", list(HEATMAP_COLORS))
@@ -99,7 +106,7 @@ def budget_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], full: d
                   title: str | None = None) -> Path:
     """Score-vs-budget curves like MaskKV Figure 3: one panel per task, one line per method, the full-cache score
     as a dashed horizontal line. ``curves[task][method] = [(budget, score), ...]``."""
-    Figure, Canvas = _matplotlib()
+    Figure, Canvas = _matplotlib(f"curves {path.name}")
     if not curves:
         raise EvalError("no sweep results to plot")
     tasks = list(curves)

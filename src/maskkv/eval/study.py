@@ -192,7 +192,7 @@ def _cell_table(results: list[dict[str, Any]], task: str, length: int, methods: 
 
 
 def write_study_files(document: dict[str, Any], out: Path) -> None:
-    """``study.json``, ``study.csv``, ``study_table.md`` and (with matplotlib) ``study_curves.png``."""
+    """``study.json``, ``study.csv``, ``study_table.md`` and ``study_curves.png`` (a note says why if it fails)."""
     from .plots import budget_curves
 
     config, results = document["config"], document["results"]

@@ -160,6 +160,18 @@ class Press:
         """Whether ``score`` protects an observation window (budget accounting of PyramidKV/AdaKV)."""
         return False
 
+    def observation_window(self, layer_budget: int) -> int:
+        """The observation / protected window of a layer whose per-head budget is ``layer_budget`` (0 if unused).
+
+        ``baselines.md`` 1.3: ``w_eff = min(w, floor(B_x / 2))`` of the layer's own budget, except for the
+        PyramidKV schedule, which subtracts one window ``w_eff(B)`` of the global B before building its layer
+        budgets and then keeps that same window in every layer (the original passes one ``window_size`` to all).
+        """
+        if not self.uses_window() or layer_budget <= 0:
+            return 0
+        unit = self.budget if self.layer_allocation == "pyramid" else layer_budget
+        return B.effective_window(unit, self.window)
+
     # ----- per request ----------------------------------------------------------------------
 
     def plan(self, config: ModelConfig, prompt_length: int, prompt_valid: torch.Tensor | None, batch: int) -> PressPlan:
@@ -203,7 +215,7 @@ class PressPlan:
         if press.layer_allocation == "uniform":
             return torch.full((layers,), press.budget, dtype=torch.int64)
         if press.layer_allocation == "pyramid":
-            window = B.effective_window(press.budget, press.window) if press.uses_window() else 0
+            window = press.observation_window(press.budget)
             return B.pyramidkv_layer_budgets(press.budget, layers, self.prompt_length, beta=press.pyramid_beta, window=window)
         if press.layer_allocation == "boundary" and press.profile is not None:
             from .profile import load_profile
@@ -289,7 +301,7 @@ class PressPlan:
         press = self.press
         unit = int(layer_budget.max())
         ctx.layer_budget = unit
-        ctx.window = B.effective_window(unit, press.window) if press.uses_window() and unit > 0 else 0
+        ctx.window = press.observation_window(unit)
         ctx.group_reduce = press.group_reduce
         scores = (press.score(ctx) if ctx.scores is None else ctx.scores).float()  # [B, Hkv, P]
         if press.protect_first or press.protect_last:

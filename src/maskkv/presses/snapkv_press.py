@@ -20,7 +20,8 @@ class SnapKVPress(Press):
     first pass: prompt and masks, no causal mask); each prefix key's score is the sum of their
     attention (GQA: summed over the query group before pooling), max-pooled with ``kernel_size``
     (stride 1, ``-inf`` padding); the window is kept inside the budget. Defaults: w 32, k 7,
-    max-pool (the paper's LongBench setting).
+    max-pool (the paper's LongBench setting). ``B_unit`` is the layer's budget, except under PyramidKV's
+    schedule, which keeps the w_eff of the global B in every layer (``Press.observation_window``).
     """
 
     kernel_size: int = 7
