@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 import click
@@ -105,4 +106,12 @@ def serve(model_path: str, host: str, port: int, served_model_name: str | None, 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(config)
     click.echo(f"maskkv serve: {name} on http://{host}:{port} (playground at /, OpenAI API at /v1)", err=True)
+    # uvicorn handles SIGTERM/SIGINT (stop accepting, finish the running requests, shut the worker down) and then
+    # re-raises the signal to the handler found at start: make that a clean exit with status 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=60)
+    click.echo("maskkv serve: shut down", err=True)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -234,6 +234,10 @@ class ModelWorker:
         self.model = None
         model = load_model(self.settings.model_path, device=self.settings.device, dtype=self.settings.dtype)
         self.tokenizer = load_tokenizer(self.settings.model_path)
+        from ..presses.profile import load_profile
+
+        for path in self.settings.profiles.values():
+            load_profile(path, model.config)  # a profile made for another model fails here, not per request
         self.model = model
 
     def stop(self, timeout: float = 30.0) -> None:
