@@ -35,7 +35,8 @@ from maskkv.cache import DLLMCache  # noqa: E402
 from maskkv.demo import shipped_model_path  # noqa: E402
 from maskkv.presses import make_press  # noqa: E402
 from maskkv.serve.protocol import APIError, ChatCompletionRequest, parse_request  # noqa: E402
-from maskkv.serve.worker import TextTracker, _StepHook, kept_counts  # noqa: E402
+from maskkv.serve.observe import StepHook, kept_counts
+from maskkv.serve.worker import TextTracker  # noqa: E402
 from maskkv.text import decode_answer, encode_prompt  # noqa: E402
 
 MODEL = shipped_model_path()
@@ -448,7 +449,7 @@ def test_step_hook_reports_blocks_before_the_end_with_generate_tokens(reference)
 
         plain = maskkv.generate(model, ids, gen_length=32, steps=32, block_length=8, cache=cache, press=press)
         hooked = maskkv.generate(model, ids, gen_length=32, steps=32, block_length=8, press=press,
-                                 cache=_StepHook(cache, on_pass, plans.append))
+                                 cache=StepHook(cache, on_pass, plans.append))
         assert torch.equal(plain.sequences, hooked.sequences) and plain.nfe == hooked.nfe
         assert finished[0] == 0 and finished[-1] == 3 and finished == sorted(finished)
         assert finished.index(1) == 8 and finished.index(3) == 24  # block b seen done at the first pass of b + 1
