@@ -156,6 +156,14 @@ def create_app(config: ServerConfig, worker: ModelWorker | None = None) -> FastA
             card["max_model_len"] = getattr(worker.model.config, "max_position_embeddings", None)
         return {"object": "list", "data": [card]}
 
+    @app.get("/maskkv/config")
+    async def playground_config() -> dict[str, Any]:
+        """What the playground needs: the served name, the presses and the server's defaults."""
+        from ..presses import PRESSES
+
+        return {"model": config.served_model_name, "presses": sorted(PRESSES), "press": config.press,
+                "budget": config.budget, "max_tokens": config.max_tokens, "profiles": sorted(config.worker.profiles)}
+
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
         page = resources.files("maskkv.serve") / "static" / "index.html"
