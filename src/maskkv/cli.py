@@ -208,6 +208,7 @@ def _register_subcommands() -> None:
         ("maskkv.bench.cli", "bench"),
         ("maskkv.train.cli", "train_tiny"),
         ("maskkv.serve.cli", "serve"),
+        ("maskkv.serve.cli", "inspect"),
     ):
         try:
             module = importlib.import_module(module_name)

@@ -115,3 +115,55 @@ def serve(model_path: str, host: str, port: int, served_model_name: str | None, 
 
 def _exit_cleanly(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+@click.command("inspect")
+@click.option("--model", "model_path", required=True, help="Checkpoint folder or hub id.")
+@click.option("--prompt-file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="UTF-8 document (the prompt).")
+@click.option("--question", default=None, help="Appended to the document after a blank line.")
+@click.option("--chat/--no-chat", default=True, show_default=True, help="Wrap the prompt in the chat template.")
+@click.option("--press", "press_name", default="maskkv", show_default=True, help="The press whose choice is shown.")
+@click.option("--budget", type=int, required=True, callback=_positive,
+              help="Prompt K/V pairs kept per KV head per layer.")
+@click.option("--profile", "profile_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="MaskKV layer profile (default: maskkv_profile.json beside the checkpoint, if any).")
+@click.option("--gen-length", type=int, default=8, show_default=True, callback=_positive)
+@click.option("--block-length", type=int, default=None, callback=_positive, help="Default: one block.")
+@click.option("--cache", "cache_kind", type=click.Choice(["dllm", "none"]), default="dllm", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The HTML report; the PNG goes beside it (same name, .png).")
+def inspect(model_path: str, prompt_file: Path, question: str | None, chat: bool, press_name: str, budget: int,
+            profile_path: str | None, gen_length: int, block_length: int | None, cache_kind: str, device: str,
+            out_path: Path) -> None:
+    """Show which prompt tokens a press keeps: a standalone HTML report and a PNG heat map."""
+    from .. import load_model, load_tokenizer
+    from ..cache import DLLMCache
+    from ..presses import PRESSES, make_press
+    from .inspect import kept_report, render_html, render_png
+
+    if press_name not in PRESSES:
+        raise click.BadParameter(f"unknown press {press_name!r}; choose one of {sorted(PRESSES)}",
+                                 param_hint="--press")
+    if block_length is not None and gen_length % block_length:
+        raise click.BadParameter(f"{block_length} does not divide --gen-length {gen_length}",
+                                 param_hint="--block-length")
+    text = prompt_file.read_text(encoding="utf-8").strip()
+    if question:
+        text = f"{text}\n\n{question.strip()}"
+    if profile_path is None and press_name == "maskkv" and (Path(model_path) / "maskkv_profile.json").is_file():
+        profile_path = str(Path(model_path) / "maskkv_profile.json")
+    try:
+        press = make_press(press_name, budget, **({"profile": profile_path} if profile_path else {}))
+        model = load_model(model_path, device=device)
+        tokenizer = load_tokenizer(model_path)
+        report = kept_report(model, tokenizer, text, press=press, chat=chat, gen_length=gen_length,
+                             block_length=block_length, cache=DLLMCache() if cache_kind == "dllm" else None)
+        out_path.write_text(render_html(report, title=f"maskkv inspect: {prompt_file.name}"), encoding="utf-8")
+        png = out_path.with_suffix(".png")
+        render_png(report, png)
+    except (ValueError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"answer: {report['answer']!r}; {100 * report['kept_prompt_share']:.1f}% of the prompt K/V kept; "
+               f"wrote {out_path} and {png}")
