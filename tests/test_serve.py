@@ -47,10 +47,11 @@ def reference():
     model = maskkv.load_model(MODEL)
     tokenizer = maskkv.load_tokenizer(MODEL)
 
-    def answer(text: str, *, chat: bool, press: tuple[str, int] | None = None, gen: int = GEN) -> str:
+    def answer(text: str, *, chat: bool, press: tuple[str, int] | None = None, gen: int = GEN,
+               block: int = BLOCK) -> str:
         ids = encode_prompt(tokenizer, text, chat=chat)
         kw = {} if press is None else {"press": make_press(press[0], press[1], profile=str(PROFILE))}
-        out = maskkv.generate(model, ids, gen_length=gen, steps=gen, block_length=min(BLOCK, gen), cache=DLLMCache(),
+        out = maskkv.generate(model, ids, gen_length=gen, steps=gen, block_length=min(block, gen), cache=DLLMCache(),
                               **kw)
         return decode_answer(tokenizer, out.sequences[0, ids.shape[1]:])
 
@@ -110,6 +111,20 @@ def test_longer_generation_streams_block_by_block_and_matches(server, reference)
     full = server.client.completions.create(model=NAME, prompt=doc, max_tokens=30)
     assert full.usage.completion_tokens == 32  # rounded up to the block length
     assert full.model_dump()["maskkv"]["gen_length"] == 32
+
+
+def test_keep_alive_comments_while_a_long_block_runs(server, reference):
+    """One 64-token block over a 600-token prompt runs longer than the 0.2 s keep-alive period."""
+    doc, = _documents([600], seed=12)
+    body = {"model": NAME, "prompt": doc, "max_tokens": 64, "stream": True, "maskkv": {"block_length": 64}}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    data = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    first_data = lines.index(next(line for line in lines if line.startswith("data: ")))
+    assert ": keep-alive" in lines[:first_data] and data[-1] == "[DONE]"
+    assert "".join(json.loads(d)["choices"][0]["text"] for d in data[:-1]) == reference(doc, chat=False, gen=64,
+                                                                                         block=64)
 
 
 def test_stop_strings_cut_the_text(server, reference):
