@@ -2,7 +2,7 @@
 
 The answers are compared with :func:`maskkv.generate` under the same settings (greedy), every documented error
 is checked for its status and OpenAI-shaped body, and a bounded load test compares batched with sequential wall
-time. One server process serves the module (its start is the slow part); the last test stops it with SIGTERM.
+time. One server process serves the module (its start is the slow part); the last test using it stops it with SIGTERM.
 """
 
 from __future__ import annotations
@@ -162,6 +162,8 @@ def test_error_statuses_and_bodies(server):
     assert r.status_code == 400 and _error(r)["param"] == "top_p"
     r = httpx.post(url, json={**ok, "n": 2})
     assert r.status_code == 400 and _error(r)["param"] == "n"
+    r = httpx.post(url, json={**ok, "messages": [{"role": "user", "content": "fill <|mdm_mask|> in"}]})
+    assert r.status_code == 400 and "mask token" in _error(r)["message"]
     r = httpx.get(f"{server.url}/v1/nothing")
     assert r.status_code == 404 and _error(r)["type"] == "not_found_error"
 
@@ -395,3 +397,41 @@ def test_step_hook_reports_blocks_before_the_end_with_generate_tokens(reference)
             assert counts.shape == (1, model.config.num_layers, ids.shape[1]) and int(counts.max()) <= heads
             kept = sum(int(k.valid.sum()) for k in plans[0].keep.values())
             assert int(counts.sum()) == kept
+
+
+def test_health_is_503_when_the_model_fails_to_load(tmp_path):
+    """A profile made for no model fails the start-up check: /health and generation answer 503, not 200."""
+    from maskkv.serve.app import ServerConfig, create_app
+    from maskkv.serve.metrics import ServerMetrics
+    from maskkv.serve.worker import ModelWorker, WorkerSettings
+
+    settings = WorkerSettings(model_path=str(MODEL), profiles={"wrong": str(MODEL / "config.json")})
+    worker = ModelWorker(settings, ServerMetrics())
+    worker.start()
+    worker._thread.join(120)
+    assert worker.load_error is not None and "not a maskkv layer profile" in worker.load_error
+    app = create_app(ServerConfig(worker=settings, served_model_name=NAME), worker=worker)
+
+    async def ask() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            health = await client.get("/health")
+            chat = await client.post("/v1/chat/completions",
+                                     json={"model": NAME, "messages": [{"role": "user", "content": "hi"}]})
+            return health, chat
+
+    health, chat = asyncio.run(ask())
+    assert health.status_code == 503 and "failed to load" in _error(health)["message"]
+    assert chat.status_code == 503 and _error(chat)["type"] == "service_unavailable_error"
+
+
+def test_serve_cli_rejects_bad_options_without_a_traceback(tmp_path):
+    from click.testing import CliRunner
+
+    from maskkv.cli import main
+
+    for args, needle in ((["--press", "nope"], "unknown press 'nope'"),
+                         (["--press", "maskkv", "--cache", "fast-dual"], "does not evict"),
+                         (["--profile", str(tmp_path / "missing.json")], "existing profile JSON"),
+                         (["--max-batch-size", "0"], "must be positive")):
+        result = CliRunner().invoke(main, ["serve", "--model", str(MODEL), *args])
+        assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, result.output

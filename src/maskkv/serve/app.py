@@ -181,6 +181,9 @@ def create_app(config: ServerConfig, worker: ModelWorker | None = None) -> FastA
         if limit is not None and len(prompt_ids) > limit:
             raise APIError(400, f"the prompt has {len(prompt_ids)} tokens, more than this server's "
                                 f"--max-prompt-tokens {limit}", param=param, code="context_length_exceeded")
+        if worker.model.config.mask_token_id in prompt_ids:
+            raise APIError(400, "the prompt contains the model's mask token; remove it (infilling is not supported)",
+                           param=param)
         key = _decode_key(req)
         job = Job(request_id=request.scope["state"]["request_id"], prompt_ids=prompt_ids, key=key,
                   stops=req.stop_strings(), kept_tokens=req.maskkv.kept_tokens, loop=asyncio.get_running_loop())
