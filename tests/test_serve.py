@@ -113,6 +113,22 @@ def test_longer_generation_streams_block_by_block_and_matches(server, reference)
     assert full.model_dump()["maskkv"]["gen_length"] == 32
 
 
+def test_seeded_sampling_reproduces_generate(server, reference):
+    """temperature > 0 with a seed: the request decodes alone, seeded like ``torch.manual_seed(seed)``."""
+    doc, = _documents([90], seed=13)
+    ids = encode_prompt(reference.tokenizer, doc, chat=False)
+    answers = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        out = maskkv.generate(reference.model, ids, gen_length=16, steps=16, block_length=8, temperature=1.0,
+                              cache=DLLMCache())
+        want = decode_answer(reference.tokenizer, out.sequences[0, ids.shape[1]:])
+        got = server.client.completions.create(model=NAME, prompt=doc, max_tokens=16, temperature=1.0, seed=seed)
+        assert got.choices[0].text == want
+        answers.append(want)
+    assert answers[0] == answers[1]
+
+
 def test_keep_alive_comments_while_a_long_block_runs(server, reference):
     """One 64-token block over a 600-token prompt runs longer than the 0.2 s keep-alive period."""
     doc, = _documents([600], seed=12)

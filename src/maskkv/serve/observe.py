@@ -76,14 +76,14 @@ def kept_counts(plan: Any, prompt_length: int, num_layers: int, num_kv_heads: in
 
     Without eviction (no press, or a budget covering the prompt) every real position is kept by every head.
     """
-    full = prompt_valid[:, None, :].to(torch.int64) * num_kv_heads  # [B, 1, P]
+    full = prompt_valid[:, None, :].cpu().to(torch.int64) * num_kv_heads  # [B, 1, P]
     if plan is None or not plan.keep:
         return full.expand(batch, num_layers, prompt_length).clone()
     layers = []
     for layer in range(num_layers):
         keep = plan.keep[layer]
-        index = torch.where(keep.valid, keep.indices, prompt_length).cpu()  # [B, Hkv, K], P = the dropped slot
-        slots = torch.zeros(batch, index.shape[1], prompt_length + 1, dtype=torch.int64)
+        index = torch.where(keep.valid, keep.indices, prompt_length)  # [B, Hkv, K], P = the dropped slot
+        slots = torch.zeros(batch, index.shape[1], prompt_length + 1, dtype=torch.int64, device=index.device)
         slots.scatter_(2, index, 1)
         layers.append(slots[..., :prompt_length].sum(1))
-    return torch.stack(layers, dim=1) * prompt_valid[:, None, :]
+    return torch.stack(layers, dim=1).cpu() * prompt_valid[:, None, :].cpu()

@@ -211,6 +211,12 @@ class ModelWorker:
             self._running = batch
             try:
                 self._decode(batch)
+            except Exception:  # noqa: BLE001 - each client gets a 500 with its request id, the log the traceback
+                logger.error("decoding failed for requests %s:\n%s", [j.request_id for j in batch],
+                             traceback.format_exc())
+                for job in batch:
+                    job.send("error", APIError(500, f"internal error while decoding; request id {job.request_id} "
+                                                    "(the traceback is in the server log)", code="internal_error"))
             finally:
                 self._running = []
 
@@ -338,7 +344,9 @@ class ModelWorker:
             emit_blocks(canvas, final=False)
 
         def on_first_pass(plan: Any) -> None:
-            if any(job.kept_tokens for job in batch) or key.press is not None:
+            if plan is not None and plan.keep:  # kept pairs per row, summed over layers and heads (one transfer)
+                kept["pairs"] = torch.stack([k.valid.sum((1, 2)) for k in plan.keep.values()]).sum(0).tolist()
+            if any(job.kept_tokens for job in batch):
                 kept["counts"] = kept_counts(plan, prompt_length, config.num_layers, config.num_kv_heads, rows,
                                              valid)
 
@@ -356,12 +364,6 @@ class ModelWorker:
         except _Abandoned:
             logger.info("batch of %d dropped: every client disconnected", rows)
             return
-        except Exception:  # noqa: BLE001 - the client gets a 500 with its request id, the log the traceback
-            logger.error("decoding failed for requests %s:\n%s", [j.request_id for j in batch], traceback.format_exc())
-            for job in batch:
-                job.send("error", APIError(500, f"internal error while decoding; request id {job.request_id} "
-                                                "(the traceback is in the server log)", code="internal_error"))
-            return
         finally:
             self.metrics.running.set(0)
         seconds = time.perf_counter() - start
@@ -374,7 +376,7 @@ class ModelWorker:
         for row, job in enumerate(batch):
             answer_ids, hit_eos = trackers[row].answer_ids(generated[row])
             text, _, stopped = trackers[row].visible(generated[row], final=True)
-            share = 1.0 if counts is None else float(counts[row].sum()) / (heads_layers * lengths[row])
+            share = 1.0 if "pairs" not in kept else kept["pairs"][row] / (heads_layers * lengths[row])
             result: dict[str, Any] = {
                 "text": text,
                 "finish_reason": "stop" if stopped else "length",
