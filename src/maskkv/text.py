@@ -18,6 +18,20 @@ def encode_prompt(tokenizer: Any, text: str, *, chat: bool) -> torch.Tensor:
             raise ValueError("--chat was given but this tokenizer has no chat template (tokenizer_config.json)")
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)
+    return _encode(tokenizer, text)
+
+
+def encode_messages(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
+    """Token ids ``[1, P]`` of a conversation (``role``/``content`` dicts) in the chat template, ready for
+    the assistant's turn. One user message gives the same ids as ``encode_prompt(..., chat=True)``."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("this checkpoint's tokenizer has no chat template (tokenizer_config.json); "
+                         "use a raw-prompt completion instead")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _encode(tokenizer, text)
+
+
+def _encode(tokenizer: Any, text: str) -> torch.Tensor:
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     if ids.shape[1] == 0:
         raise ValueError("the prompt is empty after tokenisation; give some text")
