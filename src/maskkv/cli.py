@@ -207,6 +207,7 @@ def _register_subcommands() -> None:
         ("maskkv.eval.cli", "eval_group"),
         ("maskkv.bench.cli", "bench"),
         ("maskkv.train.cli", "train_tiny"),
+        ("maskkv.lmeval.cli", "lm_eval_command"),
     ):
         try:
             module = importlib.import_module(module_name)
