@@ -16,7 +16,7 @@ imports it and runs lm-eval's own command line; from Python, pass a :class:`Mask
   shards the requests by ``rank`` / ``world_size``; ``cuda`` becomes ``cuda:$LOCAL_RANK``.
 
 model_args (``--model_args key=value,...``, or lm-eval's JSON form): see :data:`MODEL_ARGS`; press fields are
-``press_<field>=value`` (e.g. ``press_window_size=16``; list values need the JSON form).
+``press_<field>=value`` (e.g. ``press_kernel_size=5`` for SnapKV; list values need the JSON form).
 """
 
 from __future__ import annotations
@@ -184,9 +184,6 @@ class MaskKVLM(LM):
                                 rope_scaling_factor=float(get("rope_scaling_factor", 1.0)))
         self.family = self.model.config.family
         self._check_remasking()
-        if self.family == "llada" and self.mc_num % self.mc_batch_size:
-            raise ModelArgsError(f"model_args mc_num={self.mc_num} must be a multiple of mc_batch_size="
-                                 f"{self.mc_batch_size} for LLaDA (its reference asserts it)")
         self.max_length = int(get("max_length") or self.model.config.max_position_embeddings)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None and pad != self.model.config.mask_token_id else self.model.config.eos_token_id
@@ -380,6 +377,9 @@ class MaskKVLM(LM):
         return prefix, target
 
     def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        if self.family == "llada" and self.mc_num % self.mc_batch_size:
+            raise ModelArgsError(f"model_args mc_num={self.mc_num} must be a multiple of mc_batch_size="
+                                 f"{self.mc_batch_size} (default: batch_size) for LLaDA; its reference asserts it")
         results = []
         for request in tqdm(requests, desc="maskkv loglikelihood", disable=disable_tqdm or self.rank != 0):
             prefix, target = (torch.tensor(x, dtype=torch.long) for x in self._encode_pair(*request.args))
