@@ -276,3 +276,41 @@ def test_registered_only_by_the_adapter_module():
     env = {**os.environ, "PYTHONPATH": str(Path(maskkv.__file__).parents[1])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+DP_WORKER = """
+import json, sys
+import lm_eval, torch
+from lm_eval.tasks import TaskManager
+from maskkv.lmeval.model import MaskKVLM
+
+torch.set_num_threads(1)
+tasks_dir, out = sys.argv[1], sys.argv[2]
+lm = MaskKVLM(pretrained=sys.argv[3], device="cpu", cache="dllm", block_length=8)
+result = lm_eval.simple_evaluate(model=lm, tasks=["needle_local"], apply_chat_template=True, log_samples=True,
+                                 task_manager=TaskManager(include_path=tasks_dir, include_defaults=False))
+if lm.rank == 0:
+    samples = sorted(result["samples"]["needle_local"], key=lambda s: s["doc_id"])
+    json.dump({"world_size": lm.world_size, "score": result["results"]["needle_local"]["exact_match,none"],
+               "texts": [s["resps"][0][0].strip() for s in samples]}, open(out, "w"))
+"""
+
+
+def test_data_parallel_two_cpu_processes(tasks_dir, tmp_path):
+    """torchrun (as accelerate launch) with 2 CPU ranks: lm-eval shards the requests, the gathered score and
+    predictions equal maskkv.generate's (one process)."""
+    import socket
+
+    worker, out = tmp_path / "worker.py", tmp_path / "dp.json"
+    worker.write_text(DP_WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(maskkv.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(worker), str(tasks_dir), str(out), str(TINY)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    texts, score = _maskkv_generate(_questions(tasks_dir), lambda: None)
+    assert result["world_size"] == 2 and result["texts"] == texts and result["score"] == pytest.approx(score)
