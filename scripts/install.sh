@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install maskkv (editable) and its dependencies.
 #   bash scripts/install.sh          # the library and CLI
-#   bash scripts/install.sh --test   # plus the test dependencies
+#   bash scripts/install.sh --test   # plus the test dependencies (and lm-eval for tests/test_lm_eval.py)
 # torch: if it is already importable it is kept. Otherwise, on a machine without an NVIDIA GPU we
 # ask for the version pinned below (MASKKV_CPU_TORCH), which has a CPU wheel locally on our
 # development machines (cheap: no multi-GB CUDA libraries); with a GPU, pip
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 CPU_TORCH=${MASKKV_CPU_TORCH:-torch==2.13.0}
 extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test]"
+[[ "${1:-}" == "--test" ]] && extras="[test,lmeval]"
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
