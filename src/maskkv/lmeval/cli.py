@@ -6,16 +6,20 @@ import sys
 
 import click
 
-_NOTE = """maskkv lm-eval: lm-eval's command line with the model `maskkv` registered; every lm-eval flag works.
+_USAGE = """maskkv lm-eval: lm-eval's command line with the model `maskkv` registered; every lm-eval flag works.
 
   maskkv lm-eval --model maskkv --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,press=maskkv,budget=256 \\
       --tasks longbench_hotpotqa --apply_chat_template --batch_size 4 --output_path results/
 
-model_args: pretrained, tokenizer, device, dtype, cache (dllm|fast-prefix|fast-dual|none), press, budget, profile,
-steps, block_length, remasking, threshold, cfg, prompt_interval, response_interval, transfer_ratio,
-rope_scaling_factor, max_length, truncation (left|middle|error), max_gen_toks, mc_num, mc_batch_size, sampling_eps,
-and press_<field>=value for any press field. See docs/evaluation.md. lm-eval's own help follows.
+model_args (key=value, comma separated), plus press_<field>=value for any press field (docs/evaluation.md):
 """
+
+
+def _usage() -> str:
+    from .model_args import MODEL_ARGS
+
+    keys = "\n".join(f"  {key:<20} {meaning}" for key, meaning in MODEL_ARGS.items())
+    return f"{_USAGE}{keys}\n\nlm-eval's own help follows ('maskkv lm-eval run --help' for the run flags).\n"
 
 
 @click.command("lm-eval", add_help_option=False,
@@ -35,7 +39,7 @@ def lm_eval_command(ctx: click.Context) -> None:
 
     args = list(ctx.args)
     if not args or "-h" in args or "--help" in args:
-        click.echo(_NOTE, err=True)
+        click.echo(_usage(), err=True)
     previous = sys.argv
     sys.argv = ["lm-eval", *args]
     try:

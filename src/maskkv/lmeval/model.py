@@ -41,44 +41,9 @@ from ..eval.common import (
     init_process_group,
 )
 from .likelihood import dream_loglikelihood, llada_loglikelihood
+from .model_args import DTYPES, HARNESS_KEYS, MODEL_ARGS, TRUNCATIONS, ModelArgsError, optional, press_value
 
 logger = logging.getLogger(__name__)
-
-#: Every ``--model_args`` key and its meaning (``press_<field>`` keys come on top).
-MODEL_ARGS: dict[str, str] = {
-    "pretrained": "checkpoint folder or hub id (required)",
-    "tokenizer": "tokenizer folder or hub id (default: pretrained)",
-    "device": "cpu | cuda | cuda:N (default: cuda when available; cuda:$LOCAL_RANK under a launcher)",
-    "dtype": "float32 | bfloat16 | float16 (default: float32 on CPU, bfloat16 on GPU)",
-    "cache": "dllm (default) | fast-prefix | fast-dual | none",
-    "press": "eviction method (maskkv, snapkv, pyramidkv, squeeze, adakv, streaming, h2o, knorm, random, "
-             "sparse_dllm); none/full = keep every prompt K/V pair",
-    "budget": "K/V pairs kept per head per layer (needed with press)",
-    "profile": "MaskKV offline layer profile JSON (from `maskkv calibrate`)",
-    "steps": "denoising steps (default: one per generated token)",
-    "block_length": "semi-autoregressive block length (default 8)",
-    "remasking": "LLaDA: low_confidence | random; Dream: maskgit_plus | topk_margin | entropy | origin",
-    "threshold": "Fast-dLLM parallel decoding confidence threshold, e.g. 0.9",
-    "cfg": "LLaDA classifier-free guidance scale for generation and likelihood (default 0)",
-    "prompt_interval": "dLLM-Cache prompt refresh interval (default 50)",
-    "response_interval": "dLLM-Cache response refresh interval (default 5)",
-    "transfer_ratio": "dLLM-Cache V-verify share (default 0.25)",
-    "rope_scaling_factor": "multiply rope_theta (LongLLaDA NTK scaling; default 1)",
-    "max_length": "longest prompt + generation in tokens (default: the model's max_position_embeddings)",
-    "truncation": "over-long prompts: left (default, Dream's eval) | middle (LongBench's rule) | error",
-    "max_gen_toks": "generation length when a task sets none (default 256)",
-    "mc_num": "Monte Carlo samples per loglikelihood request (default 128)",
-    "mc_batch_size": "noisy copies per forward in loglikelihood (default: batch_size, as the references)",
-    "sampling_eps": "Dream's minimum mask ratio in loglikelihood (default 1e-3)",
-    "batch_size": "prompts per generation batch (lm-eval's --batch_size; 'auto' means 1)",
-}
-_HARNESS_KEYS = ("max_batch_size", "trust_remote_code")  # passed by lm-eval; nothing to do here
-_TRUNCATIONS = ("left", "middle", "error")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelArgsError(EvalError):
-    """A bad ``--model_args`` value; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -92,25 +57,6 @@ class _Request:
     top_k: int | None
 
 
-def _press_value(raw: Any) -> Any:
-    """A press field value: lm-eval has already turned numbers and booleans into Python; JSON text is parsed."""
-    if isinstance(raw, str) and raw[:1] in "[{":
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise ModelArgsError(f"press field value {raw!r} is not valid JSON ({err})") from err
-    return raw
-
-
-def _optional(value: Any, kind: type, key: str) -> Any:
-    if value is None or (isinstance(value, str) and value.lower() in ("", "none", "null")):
-        return None
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as err:
-        raise ModelArgsError(f"model_args {key}={value!r} is not a valid {kind.__name__}") from err
-
-
 @register_model("maskkv")
 class MaskKVLM(LM):
     """lm-eval model over :func:`maskkv.generate` and the families' Monte Carlo likelihoods (module docstring)."""
@@ -119,8 +65,8 @@ class MaskKVLM(LM):
         super().__init__()
         if not pretrained:
             raise ModelArgsError("model_args needs pretrained=<checkpoint folder or hub id>")
-        press_options = {k.removeprefix("press_"): _press_value(v) for k, v in kwargs.items() if k.startswith("press_")}
-        args = {k: v for k, v in kwargs.items() if not k.startswith("press_") and k not in _HARNESS_KEYS}
+        press_options = {k.removeprefix("press_"): press_value(v) for k, v in kwargs.items() if k.startswith("press_")}
+        args = {k: v for k, v in kwargs.items() if not k.startswith("press_") and k not in HARNESS_KEYS}
         unknown = sorted(set(args) - set(MODEL_ARGS))
         if unknown:
             raise ModelArgsError(f"unknown model_args {', '.join(unknown)}; valid keys: {', '.join(MODEL_ARGS)} "
@@ -134,43 +80,43 @@ class MaskKVLM(LM):
                                      "`accelerate launch` or `torchrun`")
             self._rank, self._world_size = self._dist.rank, self._dist.world_size
         self._device = torch.device(self._resolve_device(get("device")))
-        dtype = _optional(get("dtype"), str, "dtype")
-        if dtype is not None and dtype not in _DTYPES:
-            raise ModelArgsError(f"model_args dtype={dtype!r}: use one of {', '.join(_DTYPES)}")
+        dtype = optional(get("dtype"), str, "dtype")
+        if dtype is not None and dtype not in DTYPES:
+            raise ModelArgsError(f"model_args dtype={dtype!r}: use one of {', '.join(DTYPES)}")
 
-        cache = _optional(get("cache", "dllm"), str, "cache") or "none"  # lm-eval parses "none" to None
+        cache = optional(get("cache", "dllm"), str, "cache") or "none"  # lm-eval parses "none" to None
         if cache not in CACHE_KINDS:
             raise ModelArgsError(f"model_args cache={cache!r}: use one of {', '.join(CACHE_KINDS)}")
-        press = _optional(get("press"), str, "press")
+        press = optional(get("press"), str, "press")
         press = None if press in (None, "full") else press
-        profile = _optional(get("profile"), str, "profile")
+        profile = optional(get("profile"), str, "profile")
         if profile is not None:
             press_options["profile"] = profile
         try:
             self.gen = GenerationConfig(
-                steps=_optional(get("steps"), int, "steps"),
-                block_length=_optional(get("block_length", 8), int, "block_length"),
+                steps=optional(get("steps"), int, "steps"),
+                block_length=optional(get("block_length", 8), int, "block_length"),
                 remasking=str(get("remasking", "low_confidence")),
                 cache=cache,
                 prompt_interval=int(get("prompt_interval", 50)),
                 response_interval=int(get("response_interval", 5)),
                 transfer_ratio=float(get("transfer_ratio", 0.25)),
                 press=press,
-                budget=_optional(get("budget"), int, "budget"),
+                budget=optional(get("budget"), int, "budget"),
                 press_options=press_options,
             )
             self.gen.make_press()  # validates the press fields now, not at the first request
         except (EvalError, TypeError, ValueError) as err:
             raise ModelArgsError(f"model_args: {err}") from err
-        self.threshold = _optional(get("threshold"), float, "threshold")
+        self.threshold = optional(get("threshold"), float, "threshold")
         self.cfg = float(get("cfg", 0.0))
         self.truncation = str(get("truncation", "left"))
-        if self.truncation not in _TRUNCATIONS:
-            raise ModelArgsError(f"model_args truncation={self.truncation!r}: use one of {', '.join(_TRUNCATIONS)}")
+        if self.truncation not in TRUNCATIONS:
+            raise ModelArgsError(f"model_args truncation={self.truncation!r}: use one of {', '.join(TRUNCATIONS)}")
         self.default_gen_toks = int(get("max_gen_toks", 256))
         self.mc_num = int(get("mc_num", 128))
         self._batch_size = self._parse_batch_size(get("batch_size", 1))
-        self.mc_batch_size = _optional(get("mc_batch_size"), int, "mc_batch_size") or self._batch_size
+        self.mc_batch_size = optional(get("mc_batch_size"), int, "mc_batch_size") or self._batch_size
         self.sampling_eps = float(get("sampling_eps", 1e-3))
         if self.mc_num < 1 or self.mc_batch_size < 1:
             raise ModelArgsError(f"model_args mc_num={self.mc_num} and mc_batch_size={self.mc_batch_size} must be >= 1")
@@ -180,7 +126,7 @@ class MaskKVLM(LM):
 
         self.pretrained = str(pretrained)
         self.tokenizer = load_tokenizer(str(get("tokenizer") or pretrained))
-        self.model = load_model(self.pretrained, device=self._device, dtype=_DTYPES[dtype] if dtype else None,
+        self.model = load_model(self.pretrained, device=self._device, dtype=DTYPES[dtype] if dtype else None,
                                 rope_scaling_factor=float(get("rope_scaling_factor", 1.0)))
         self.family = self.model.config.family
         self._check_remasking()
@@ -227,7 +173,7 @@ class MaskKVLM(LM):
         if isinstance(value, str) and value.startswith("auto"):
             logger.warning("maskkv: batch_size=%s is not supported; using 1", value)
             return 1
-        size = _optional(value, int, "batch_size") or 1
+        size = optional(value, int, "batch_size") or 1
         if size < 1:
             raise ModelArgsError(f"batch_size={size} must be >= 1")
         return size
