@@ -175,6 +175,45 @@ def test_simple_evaluate_without_press_equals_generate(tasks_dir):
     assert [s["resps"][0][0].strip() for s in logged] == texts
 
 
+MC_TASK = """task: needle_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+target_delimiter: ""
+metric_list:
+  - metric: acc
+metadata:
+  version: 1.0
+"""
+
+
+def test_multiple_choice_through_the_monte_carlo_likelihood(tasks_dir, tmp_path):
+    rows = []
+    for i, row in enumerate(_questions(tasks_dir)):
+        choices = [row["answer"], *(str(10 + (int(row["answer"]) + 17 * k) % 89) for k in (1, 2, 3))]
+        label = i % 4
+        choices[0], choices[label] = choices[label], choices[0]
+        rows.append({"question": row["question"], "choices": choices, "label": label})
+    data = tmp_path / "choice.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "needle_choice.yaml").write_text(MC_TASK.format(data=data))
+    lm = MaskKVLM(pretrained=str(TINY), device="cpu", mc_num=4, batch_size=4)
+    result = lm_eval.simple_evaluate(model=lm, tasks=["needle_choice"], apply_chat_template=True, log_samples=True,
+                                     task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False))
+    samples = result["samples"]["needle_choice"]
+    assert len(samples) == len(rows) and all(len(s["resps"]) == 4 for s in samples)
+    picked = [max(range(4), key=lambda c: float(s["resps"][c][0][0])) for s in samples]
+    labels = [rows[s["doc_id"]]["label"] for s in samples]
+    acc = sum(p == t for p, t in zip(picked, labels)) / len(rows)
+    assert result["results"]["needle_choice"]["acc,none"] == pytest.approx(acc)
+
+
 def _gen_request(context: str, **kwargs) -> Instance:
     return Instance("generate_until", {}, (context, kwargs), 0)
 
