@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install maskkv (editable) and its dependencies.
 #   bash scripts/install.sh          # the library and CLI (figures included: matplotlib is a core dependency)
-#   bash scripts/install.sh --test   # plus the test dependencies (the server's and the openai client included)
+#   bash scripts/install.sh --test   # plus the test dependencies (the server's, the openai client, lm-eval)
 #   bash scripts/install.sh --serve  # plus `maskkv serve`'s (fastapi, uvicorn, prometheus-client)
 # torch: if it is already importable it is kept. Otherwise, on a machine without an NVIDIA GPU we
 # ask for the version pinned below (MASKKV_CPU_TORCH), which has a CPU wheel locally on our
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 CPU_TORCH=${MASKKV_CPU_TORCH:-torch==2.13.0}
 extras=""
-[[ "${1:-}" == "--test" ]] && extras="[test]"
+[[ "${1:-}" == "--test" ]] && extras="[test,lmeval]"
 [[ "${1:-}" == "--serve" ]] && extras="[serve]"
 
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then

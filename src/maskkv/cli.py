@@ -273,6 +273,7 @@ def _register_subcommands() -> None:
         ("maskkv.train.cli", "train_tiny"),
         ("maskkv.serve.cli", "serve"),
         ("maskkv.serve.cli", "inspect"),
+        ("maskkv.lmeval.cli", "lm_eval_command"),
     ):
         try:
             module = importlib.import_module(module_name)
