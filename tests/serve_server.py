@@ -1,4 +1,10 @@
-"""A live ``maskkv serve`` process on 127.0.0.1 (a free port) with the shipped tiny model, for the serve tests."""
+"""A live ``maskkv serve`` process on 127.0.0.1 (a free port), for the serve tests.
+
+By default it serves the shipped tiny LLaDA model with its MaskKV profile (as ``tiny``, plus a copy as
+``vanishing``); ``Server(tmp, model=folder, name=...)`` serves another checkpoint (e.g. a tiny Dream one written
+by :func:`maskkv.models.tiny.write_tiny_checkpoint`), with profiles only if the folder has a
+``maskkv_profile.json``.
+"""
 
 from __future__ import annotations
 
@@ -43,20 +49,25 @@ def documents(lengths: list[int], seed: int = 0) -> list[str]:
 
 
 class Server:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, model: Path = MODEL, name: str = NAME) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.vanishing = tmp / "vanishing_profile.json"
-        shutil.copy(PROFILE, self.vanishing)
+        self.name = name
+        profile = Path(model) / "maskkv_profile.json"
+        profiles: list[str] = []
+        if profile.is_file():
+            self.vanishing = tmp / "vanishing_profile.json"
+            shutil.copy(profile, self.vanishing)
+            profiles = ["--profile", f"tiny={profile}", "--profile", f"vanishing={self.vanishing}"]
         self.log = open(tmp / "server.log", "w+")  # noqa: SIM115
         env = {**os.environ, "PYTHONPATH": str(Path(maskkv.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "maskkv.cli", "serve", "--model", str(MODEL), "--port", str(self.port),
-             "--served-model-name", NAME, "--max-tokens", str(GEN), "--block-length", str(BLOCK),
+            [sys.executable, "-m", "maskkv.cli", "serve", "--model", str(model), "--port", str(self.port),
+             "--served-model-name", name, "--max-tokens", str(GEN), "--block-length", str(BLOCK),
              "--batch-wait-ms", "20", "--max-batch-size", "8", "--max-queue", str(MAX_QUEUE),
              "--max-prompt-tokens", str(MAX_PROMPT), "--sse-keepalive-s", "0.2", "--log-level", "warning",
-             "--profile", f"tiny={PROFILE}", "--profile", f"vanishing={self.vanishing}"],
+             *profiles],
             stdout=self.log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
         deadline = time.time() + 180
         while True:

@@ -176,6 +176,11 @@ def test_error_statuses_and_bodies(server):
     assert r.status_code == 400 and _error(r)["param"] == "maskkv.colour"
     r = httpx.post(url, json={**ok, "top_p": 0.5})  # LLaDA has no nucleus sampling
     assert r.status_code == 400 and _error(r)["param"] == "top_p"
+    for top_k in (1, 5):  # nor a top-k filter (1 is not "off": it would change sampled tokens)
+        r = httpx.post(url, json={**ok, "top_k": top_k})
+        assert r.status_code == 400 and _error(r)["param"] == "top_k" and "Dream" in _error(r)["message"]
+    for off in ({"top_p": 1.0}, {"top_k": 0}):  # the values that filter nothing are accepted
+        assert httpx.post(url, json={**ok, **off, "max_tokens": 8}, timeout=60).status_code == 200
     r = httpx.post(url, json={**ok, "n": 2})
     assert r.status_code == 400 and _error(r)["param"] == "n"
     r = httpx.post(url, json={**ok, "messages": [{"role": "user", "content": "fill <|mdm_mask|> in"}]})

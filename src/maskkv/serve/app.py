@@ -354,8 +354,8 @@ def resolve_decode_key(req: Any, config: ServerConfig, worker: ModelWorker) -> D
         if remasking not in LLADA_REMASKING:
             raise APIError(400, f"remasking {remasking!r} is not a LLaDA strategy; use one of {LLADA_REMASKING}",
                            param="maskkv.remasking")
-        for name in ("top_p", "top_k"):
-            if getattr(req, name) is not None and getattr(req, name) != 1:
+        for name, off in (("top_p", 1), ("top_k", 0)):  # the values that filter nothing are accepted
+            if getattr(req, name) not in (None, off):
                 raise APIError(400, f"`{name}` applies to Dream models only; LLaDA's sampler has no {name}",
                                param=name, code="unsupported_parameter")
         top_p = top_k = None

@@ -91,7 +91,7 @@ class _Sampling(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=1)
+    top_k: int | None = Field(default=None, ge=0)  # Dream only; 0 = no top-k filter, None = the reference's 50
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
