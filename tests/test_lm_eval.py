@@ -250,6 +250,50 @@ def test_batches_are_left_padded_and_cut_at_until(tasks_dir):
     assert cut == first.split(stop)[0] and cut != first
 
 
+def test_dream_generate_until_equals_generate(tmp_path):
+    """Dream through the adapter: a left-padded batch of 2 equals maskkv.generate on each prompt alone, with the
+    reference's default top-k (50) when the task sets none, and the task's top_k when it samples."""
+    from maskkv.models.tiny import write_tiny_checkpoint
+
+    folder = write_tiny_checkpoint(tmp_path / "dream", "dream", seed=3, init_std=0.05)  # flat enough for top-k
+    lm = MaskKVLM(pretrained=str(folder), device="cpu", batch_size=2, block_length=ANSWER_TOKENS)
+    questions = ["the cat sat on the mat and then it went to sleep " * 3, "where did the cat sleep?"]
+    contexts = [lm.apply_chat_template([{"role": "user", "content": q}]) for q in questions]
+    prompts = [encode_prompt(lm.tokenizer, q, chat=True) for q in questions]
+    assert [lm.tok_encode(c) for c in contexts] == [p[0].tolist() for p in prompts]
+    assert prompts[0].shape[1] > prompts[1].shape[1]  # the batch is padded (and the longest comes first)
+
+    def alone(**kwargs) -> list[str]:
+        texts = []
+        for ids in prompts:
+            out = maskkv.generate(lm.model, ids, gen_length=ANSWER_TOKENS, steps=ANSWER_TOKENS,
+                                  block_length=ANSWER_TOKENS, cache=maskkv.DLLMCache(), temperature=0.0, **kwargs)
+            texts.append(decode_answer(lm.tokenizer, out.sequences[0, ids.shape[1]:]))
+        return texts
+
+    greedy = lm.generate_until([_gen_request(c, until=[], max_gen_toks=ANSWER_TOKENS) for c in contexts])
+    assert [a.strip() for a in greedy] == alone() and all(greedy)
+    assert alone() != alone(top_k=0)  # the default filter matters for this model: 50, not "off"
+
+    # sampling: the same left-padded batch (longest first) by hand, from the same seed
+    width = max(p.shape[1] for p in prompts)
+    ids = torch.full((2, width), lm.pad_id)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - p.shape[1]:], mask[row, width - p.shape[1]:] = p[0], 1
+
+    def batch(**kwargs) -> list[str]:
+        torch.manual_seed(5)
+        out = maskkv.generate(lm.model, ids, attention_mask=mask, gen_length=ANSWER_TOKENS, steps=ANSWER_TOKENS,
+                              block_length=ANSWER_TOKENS, cache=maskkv.DLLMCache(), temperature=1.0, **kwargs)
+        return [decode_answer(lm.tokenizer, row) for row in out.sequences[:, width:]]
+
+    sample = {"until": [], "max_gen_toks": ANSWER_TOKENS, "do_sample": True, "temperature": 1.0, "top_k": 3}
+    torch.manual_seed(5)
+    sampled = lm.generate_until([_gen_request(c, **sample) for c in contexts])
+    assert [a.strip() for a in sampled] == batch(top_k=3) != batch()  # the task's top_k reached the sampler
+
+
 def test_loglikelihood_equals_llada_reference():
     lm = MaskKVLM(pretrained=str(TINY), device="cpu", mc_num=8, mc_batch_size=4)
     context, continuation = "One of the special magic numbers for apple is: 42. The number for apple is:", " 42"
