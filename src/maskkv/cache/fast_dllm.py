@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..models.rope import RopeTable
+from ..models.transformer import residual_in_chunks
 from .state import CacheStats
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ class _BlockState:
     start: int  # first canvas position of the block
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
+    views: tuple[int, list[torch.Tensor], list[torch.Tensor]] | None = None  # recomputed rows, per layer
 
 
 class FastDLLMDenoiser:
@@ -105,10 +108,25 @@ class FastDLLMDenoiser:
         self.stats = CacheStats()
         self.passes: list[FastPassRecord] = []
         self._block: _BlockState | None = None
-        self._cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rope: RopeTable | None = None
+        self._announced: tuple[int, int] | None = None  # the sampler's block (begin_block): [start, end)
         self._bias: torch.Tensor | None = None  # key padding bias over the whole canvas
         self._pad_rows: torch.Tensor | None = None  # Dream: [B, L, 1] True at prompt padding rows
         self._real_prompt_tokens = 0  # over the batch, without left padding
+
+    def begin_block(self, start: int, end: int) -> None:
+        """The sampler starts the block ``[start, end)``: the next pass is its full forward, and the
+        positions of its passes lie inside it (not read back from the device)."""
+        if start < self.prompt_length or (start - self.prompt_length) % self.block_length:
+            raise ValueError(
+                f"block [{start}, {end}) does not start on a block boundary after the {self.prompt_length}-token "
+                f"prompt (block_length {self.block_length})"
+            )
+        self._announced = (start, end)
+
+    def end_blocks(self) -> None:
+        """The sampler is done: positions of later calls are checked again."""
+        self._announced = None
 
     @torch.inference_mode()
     def logits_at(
@@ -119,17 +137,22 @@ class FastDLLMDenoiser:
         p, length = self.prompt_length, input_ids.shape[1]
         if positions.numel() == 0:
             raise ValueError("no positions requested")
-        first, last = int(positions.min()), int(positions.max())
-        if first < p:
-            raise ValueError(f"logits requested for prompt position {first}; the cache predicts the blocks only")
-        index = (first - p) // self.block_length
-        start = p + index * self.block_length
-        end = min(start + self.block_length, length)
-        if last >= end:
-            raise ValueError(
-                f"positions {first}..{last} span more than the block [{start}, {end}) of length {self.block_length}"
-            )
-        if self._cos_sin is None:
+        if self._announced is not None:  # the sampler's block: no position is read on the host
+            start = self._announced[0]
+            index = (start - p) // self.block_length
+            end = min(start + self.block_length, length)
+        else:
+            first, last = int(positions.min()), int(positions.max())
+            if first < p:
+                raise ValueError(f"logits requested for prompt position {first}; the cache predicts the blocks only")
+            index = (first - p) // self.block_length
+            start = p + index * self.block_length
+            end = min(start + self.block_length, length)
+            if last >= end:
+                raise ValueError(
+                    f"positions {first}..{last} span more than the block [{start}, {end}) of length {self.block_length}"
+                )
+        if self._rope is None:
             self._start(input_ids, attention_mask)
         shift = 1 if self.config.logits_shift else 0
         if self._block is None or self._block.index != index:
@@ -147,7 +170,7 @@ class FastDLLMDenoiser:
 
     def _start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         model, length = self.model, input_ids.shape[1]
-        self._cos_sin = model.rotary(model.default_position_ids(attention_mask, length))
+        self._rope = model.rope_table(model.default_position_ids(attention_mask, length))
         self._bias = model.key_padding_bias(attention_mask, model.embed_tokens.weight.dtype)
         p = self.prompt_length
         self._real_prompt_tokens = input_ids.shape[0] * p if attention_mask is None else int(attention_mask[:, :p].sum())
@@ -156,16 +179,19 @@ class FastDLLMDenoiser:
 
     def _full_pass(self, input_ids: torch.Tensor, index: int, start: int) -> torch.Tensor:
         """Every row, exactly the uncached forward; keeps the K/V this block's passes will reuse."""
-        cos, sin = self._cos_sin
         block = _BlockState(index, start)
         x = self.model.embed_tokens(input_ids)
+        chunk = self.model.row_chunk()
         for layer in self.model.layers:
-            q, k, v = layer.qkv(x, cos, sin)
+            q, k, v = layer.qkv_in_chunks(x, self._rope, chunk)
             attn = layer.attend(q, k, v, self._bias)
+            del q
             if self._pad_rows is not None:
                 attn = attn.masked_fill(self._pad_rows, 0.0)
-            x = x + attn
-            x = x + layer.mlp(x)
+            x_mid = x + attn
+            del attn
+            x = residual_in_chunks(x_mid, lambda lo, hi: layer.mlp(x_mid[:, lo:hi]), chunk)[0]
+            del x_mid
             block.keys.append(k)
             block.values.append(v)
         self._block = block
@@ -174,17 +200,28 @@ class FastDLLMDenoiser:
     def _block_pass(self, input_ids: torch.Tensor, query_start: int, query_end: int) -> torch.Tensor:
         """Rows ``[query_start, query_end)`` over the frozen K/V; returns their final stream."""
         block = self._block
-        cos, sin = self._cos_sin
-        rows = slice(query_start, query_end)
         fresh = block.start - query_start  # leading query-only rows (the shift row) keep their frozen K/V
-        x = self.model.embed_tokens(input_ids[:, rows])
-        for layer, k_frozen, v_frozen in zip(self.model.layers, block.keys, block.values):
-            q, k, v = layer.qkv(x, cos[:, rows], sin[:, rows])
-            k_frozen[:, :, block.start : query_end].copy_(k[:, :, fresh:])  # recomputed rows: fresh K/V in place
-            v_frozen[:, :, block.start : query_end].copy_(v[:, :, fresh:])
+        x = self.model.embed_tokens(input_ids[:, query_start:query_end])
+        rope = self._rope.rows(query_start, query_end)
+        for layer, k_frozen, v_frozen, k_rows, v_rows in zip(
+            self.model.layers, block.keys, block.values, *self._recomputed_views(query_end)
+        ):
+            q, k, v = layer.qkv(x, rope)
+            k_rows.copy_(k if fresh == 0 else k[:, :, fresh:])  # recomputed rows: fresh K/V in place
+            v_rows.copy_(v if fresh == 0 else v[:, :, fresh:])
             x = x + layer.attend(q, k_frozen, v_frozen, self._bias)
             x = x + layer.mlp(x)
         return x
+
+    def _recomputed_views(self, query_end: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer, the rows ``[block start, query_end)`` of the frozen K and V (made once per block)."""
+        block = self._block
+        if block.views is None or block.views[0] != query_end:
+            size = query_end - block.start
+            keys = [k.narrow(2, block.start, size) for k in block.keys]
+            values = [v.narrow(2, block.start, size) for v in block.values]
+            block.views = (query_end, keys, values)
+        return block.views[1], block.views[2]
 
     def _observe(self) -> None:
         """Cache bytes of the frozen K/V: prompt positions (``prompt_kv``) and generated ones (``response_kv``).
