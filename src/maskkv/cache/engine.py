@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 import torch.nn.functional as F
 
-from ..models.rope import RopeTable
+from ..models.rope import RopeTable, RotaryPositions
 from ..models.transformer import residual_in_chunks
 from ..presses.base import KeepSet, LayerContext
 from .state import CacheStats, LayerCache, RaggedPrompt
@@ -78,7 +78,7 @@ class CachedDenoiser:
         self.stats = CacheStats()
         self.passes: list[PassRecord] = []
         # per-request constants, set on the first pass
-        self._rope: RopeTable | None = None  # every canvas row
+        self._rope: RotaryPositions | None = None  # every canvas row (tables made per chunk)
         self._resp_rope: RopeTable | None = None  # the response rows
         self._block: tuple[int, int] | None = None  # the sampler's current block (begin_block): positions trusted
         self._full_bias: torch.Tensor | None = None
@@ -139,7 +139,7 @@ class CachedDenoiser:
         model, p = self.model, self.prompt_length
         length = input_ids.shape[1]
         position_ids = model.default_position_ids(attention_mask, length)
-        self._rope = model.rope_table(position_ids)
+        self._rope = model.rope_positions(position_ids)
         self._resp_rope = self._rope.rows(p, length)
         dtype = model.embed_tokens.weight.dtype
         self._full_bias = model.key_padding_bias(attention_mask, dtype)
@@ -178,30 +178,38 @@ class CachedDenoiser:
             bias = self._full_bias if keep is None or not self.kept_attention else self._kept_only_mask(keep, k.dtype)
             row0 = self._unread_rows(index, scoring)
             keep_from = 0 if keep_prompt_features else p - row0  # the attention/MLP rows the cache stores
+            # The residual adds write into the stream itself (the same sums), unless an online allocation
+            # still reads the layer's input stream (Eq. 8).
+            in_place = not (scoring and self.plan.needs_hidden_states)
             x_in = x
-            x, attn = residual_in_chunks(x[:, row0:], self._attention_rows(layer, q, k, v, bias, row0), chunk, keep_from)
+            attention = self._attention_rows(layer, q, k, v, bias, row0)
+            x, attn = residual_in_chunks(x[:, row0:], attention, chunk, keep_from, in_place=in_place)
             if scoring:
                 hidden = {} if row0 else {"hidden_in": x_in, "hidden_mid": x}
                 keep = self.plan.after_layer(self._context(index, q, k, voters, **hidden))
-            del q, x_in  # this layer's queries and input stream are not needed any more
-            x_mid = x
-            x, mlp = residual_in_chunks(x_mid, lambda start, stop: layer.mlp(x_mid[:, start:stop]), chunk, keep_from)
-            del x_mid
+            del q, x_in, attention  # this layer's queries and input stream are not needed any more
             g0 = p - row0 - keep_from  # first response row in the kept rows
             cache = LayerCache(
                 k=k, v=v, prompt_slots=p,
                 prompt_valid=None if self._prompt_valid is None else self._prompt_valid[:, None, :],
                 resp_attn=attn[:, g0:] if g0 == 0 else attn[:, g0:].clone(),
-                resp_mlp=mlp[:, g0:] if g0 == 0 else mlp[:, g0:].clone(),
+                resp_mlp=torch.empty_like(attn[:, g0:]),  # filled below
                 prompt_attn=attn[:, :p].clone() if keep_prompt_features else None,
-                prompt_mlp=mlp[:, :p].clone() if keep_prompt_features else None,
             )  # fmt: skip
-            del k, v, attn, mlp
+            del k, v, attn
             self.stats.observe([*new_layers, cache], None)  # peak includes this layer's full K/V
             if keep is not None:
-                self._evict(cache, keep)  # the full prompt K/V are released here
+                self._evict(cache, keep)  # the full prompt K/V are released here, before the MLP
             else:
                 cache.attn_mask = self._mask_for(cache)
+            x_mid = x
+            x, mlp = residual_in_chunks(
+                x_mid, lambda start, stop: layer.mlp(x_mid[:, start:stop]), chunk, keep_from, in_place=True
+            )
+            del x_mid
+            cache.resp_mlp = mlp[:, g0:] if g0 == 0 else mlp[:, g0:].clone()
+            cache.prompt_mlp = mlp[:, :p].clone() if keep_prompt_features else None
+            del mlp
             new_layers.append(cache)
             record.rows_per_layer.append(x.shape[1])
         self.layers = new_layers
@@ -289,7 +297,7 @@ class CachedDenoiser:
         """Mask over a full ``[prompt | response]`` key set that hides evicted prompt keys per head."""
         p = self.prompt_length
         b, h_kv = keep.indices.shape[:2]
-        g = self._rope.cos.shape[1] - p
+        g = self._rope.length - p
         prompt = torch.zeros(b, h_kv, p, dtype=torch.bool, device=keep.indices.device)
         prompt.scatter_(2, keep.indices, keep.valid)
         valid = torch.cat([prompt, prompt.new_ones(b, h_kv, g)], dim=2)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..models.rope import RopeTable
+from ..models.rope import RopeTable, RotaryPositions
 from ..models.transformer import residual_in_chunks
 from .state import CacheStats
 
@@ -87,7 +87,7 @@ class _BlockState:
     start: int  # first canvas position of the block
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
-    views: tuple[int, list[torch.Tensor], list[torch.Tensor]] | None = None  # recomputed rows, per layer
+    rows: tuple | None = None  # ((query start, end), RoPE table, K views, V views) of the block's passes
 
 
 class FastDLLMDenoiser:
@@ -108,7 +108,7 @@ class FastDLLMDenoiser:
         self.stats = CacheStats()
         self.passes: list[FastPassRecord] = []
         self._block: _BlockState | None = None
-        self._rope: RopeTable | None = None
+        self._rope: RotaryPositions | None = None
         self._announced: tuple[int, int] | None = None  # the sampler's block (begin_block): [start, end)
         self._bias: torch.Tensor | None = None  # key padding bias over the whole canvas
         self._pad_rows: torch.Tensor | None = None  # Dream: [B, L, 1] True at prompt padding rows
@@ -170,7 +170,7 @@ class FastDLLMDenoiser:
 
     def _start(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         model, length = self.model, input_ids.shape[1]
-        self._rope = model.rope_table(model.default_position_ids(attention_mask, length))
+        self._rope = model.rope_positions(model.default_position_ids(attention_mask, length))
         self._bias = model.key_padding_bias(attention_mask, model.embed_tokens.weight.dtype)
         p = self.prompt_length
         self._real_prompt_tokens = input_ids.shape[0] * p if attention_mask is None else int(attention_mask[:, :p].sum())
@@ -202,10 +202,8 @@ class FastDLLMDenoiser:
         block = self._block
         fresh = block.start - query_start  # leading query-only rows (the shift row) keep their frozen K/V
         x = self.model.embed_tokens(input_ids[:, query_start:query_end])
-        rope = self._rope.rows(query_start, query_end)
-        for layer, k_frozen, v_frozen, k_rows, v_rows in zip(
-            self.model.layers, block.keys, block.values, *self._recomputed_views(query_end)
-        ):
+        rope, k_views, v_views = self._block_rows(query_start, query_end)
+        for layer, k_frozen, v_frozen, k_rows, v_rows in zip(self.model.layers, block.keys, block.values, k_views, v_views):
             q, k, v = layer.qkv(x, rope)
             k_rows.copy_(k if fresh == 0 else k[:, :, fresh:])  # recomputed rows: fresh K/V in place
             v_rows.copy_(v if fresh == 0 else v[:, :, fresh:])
@@ -213,15 +211,16 @@ class FastDLLMDenoiser:
             x = x + layer.mlp(x)
         return x
 
-    def _recomputed_views(self, query_end: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per layer, the rows ``[block start, query_end)`` of the frozen K and V (made once per block)."""
+    def _block_rows(self, query_start: int, query_end: int) -> tuple[RopeTable, list[torch.Tensor], list[torch.Tensor]]:
+        """The RoPE table of the query rows and, per layer, the rows ``[block start, query_end)`` of the
+        frozen K and V: made once per block, so a block pass dispatches no bookkeeping ops."""
         block = self._block
-        if block.views is None or block.views[0] != query_end:
+        if block.rows is None or block.rows[0] != (query_start, query_end):
             size = query_end - block.start
             keys = [k.narrow(2, block.start, size) for k in block.keys]
             values = [v.narrow(2, block.start, size) for v in block.values]
-            block.views = (query_end, keys, values)
-        return block.views[1], block.views[2]
+            block.rows = ((query_start, query_end), self._rope.rows(query_start, query_end), keys, values)
+        return block.rows[1], block.rows[2], block.rows[3]
 
     def _observe(self) -> None:
         """Cache bytes of the frozen K/V: prompt positions (``prompt_kv``) and generated ones (``response_kv``).

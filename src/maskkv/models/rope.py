@@ -95,3 +95,25 @@ class RopeTable:
         if t.requires_grad and torch.is_grad_enabled():  # training: autograd records an in-place copy
             return t.copy_(rotated + rolled)
         return torch.add(rotated, rolled, out=t)
+
+
+@dataclass(frozen=True)
+class RotaryPositions:
+    """The positions of a canvas, whose :class:`RopeTable` rows are made on demand (``rows(start, stop)``).
+
+    A long pass builds the tables chunk by chunk instead of holding ``[T, hd]`` cos/sin tables for the
+    whole prompt; the values are the same (:func:`rotary_cos_sin` is elementwise per position).
+    """
+
+    positions: torch.Tensor  # [B or 1, T] int64
+    inv_freq: torch.Tensor
+    in_fp32: bool
+    dtype: torch.dtype
+
+    @property
+    def length(self) -> int:
+        return self.positions.shape[1]
+
+    def rows(self, start: int, stop: int) -> RopeTable:
+        cos, sin = rotary_cos_sin(self.positions[:, start:stop], self.inv_freq)
+        return RopeTable.build(cos, sin, in_fp32=self.in_fp32, dtype=self.dtype)

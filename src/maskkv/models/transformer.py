@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .rope import RopeTable, inverse_frequencies, rotary_cos_sin
+from .rope import RopeTable, RotaryPositions, inverse_frequencies, rotary_cos_sin
 
 # Below this many rows, fp32 CPU logits against a dense LM head are computed as ``W @ x^T``: MKL's
 # kernel for the usual ``x @ W^T`` orientation is 2-4x slower for 1-11 rows against a 126k-row head
@@ -26,7 +26,7 @@ from .rope import RopeTable, inverse_frequencies, rotary_cos_sin
 SKINNY_LM_HEAD_ROWS = 11
 # Row-wise work of long passes (the cache's first pass and prompt refreshes) runs in chunks whose widest
 # transient (the MLP's gate/up output) stays near this many bytes.
-ROW_CHUNK_BYTES = 32 * 2**20
+ROW_CHUNK_BYTES = 16 * 2**20
 MIN_ROW_CHUNK = 256
 QKV = ("q_proj", "k_proj", "v_proj")  # fused into one GEMM for inference (DecoderBlock.fused_weights)
 GATE_UP = ("gate_proj", "up_proj")
@@ -225,7 +225,7 @@ class DecoderBlock(nn.Module):
         h, h_kv = self.config.num_heads, self.config.num_kv_heads
         return heads.narrow(1, 0, h), heads.narrow(1, h, h_kv), heads.narrow(1, h + h_kv, h_kv)
 
-    def qkv_in_chunks(self, x: torch.Tensor, rope: RopeTable, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv_in_chunks(self, x: torch.Tensor, rope: RopeTable | RotaryPositions, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`qkv` computed ``chunk`` rows at a time into contiguous ``q``, ``k``, ``v`` (the same values).
 
         The per-chunk projections are the only transient memory; ``k``/``v`` come out in the cache's
@@ -285,16 +285,18 @@ def row_chunks(rows: int, chunk: int) -> list[tuple[int, int]]:
 
 
 def residual_in_chunks(
-    x: torch.Tensor, branch: Callable[[int, int], torch.Tensor], chunk: int, keep_from: int | None = None
+    x: torch.Tensor, branch: Callable[[int, int], torch.Tensor], chunk: int, keep_from: int | None = None,
+    *, in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``x + branch(rows)`` for row chunks of ``x [B, T, d]`` (``branch(start, stop) -> [B, stop - start, d]``).
 
     Returns the new stream and, with ``keep_from``, a copy of the branch's output rows ``keep_from:``
     (e.g. the response rows' attention or MLP output that a cache stores). Only one chunk's branch
-    activations exist at a time.
+    activations exist at a time. ``in_place``: add into ``x`` itself (the branch of a chunk must read
+    only its own rows of ``x``, which it does before they are written).
     """
     b, t, d = x.shape
-    out = torch.empty_like(x)
+    out = x if in_place else torch.empty_like(x)
     kept = None if keep_from is None else x.new_empty(b, t - keep_from, d)
     for start, stop in row_chunks(t, chunk):
         y = branch(start, stop)
@@ -379,6 +381,12 @@ class DiffusionTransformer(nn.Module):
     def rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 ``cos, sin`` of shape ``[B or 1, T, head_dim]`` for ``position_ids``."""
         return rotary_cos_sin(position_ids, self.inv_freq.to(position_ids.device))
+
+    def rope_positions(self, position_ids: torch.Tensor) -> RotaryPositions:
+        """``position_ids`` as :class:`RotaryPositions` (tables made per row range, e.g. per chunk)."""
+        inv_freq = self.inv_freq.to(position_ids.device)
+        dtype = self.embed_tokens.weight.dtype
+        return RotaryPositions(position_ids, inv_freq, self.config.rope_in_fp32, dtype)
 
     def rope_table(self, position_ids: torch.Tensor) -> RopeTable:
         """The :class:`RopeTable` of ``position_ids`` that :meth:`DecoderBlock.qkv` takes."""
