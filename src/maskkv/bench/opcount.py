@@ -195,15 +195,24 @@ class DecodeCounts:
 
 
 def count_decode_steps(
-    denoiser: Any, run: Callable[[Any], Any], *, block_first_pass: bool = False
+    denoiser: Any, run: Callable[[Any], Any], *, block_first_pass: bool = False,
+    stop: type[BaseException] | None = None,
 ) -> tuple[Any, DecodeCounts]:
     """Run ``run(wrapped)`` (e.g. ``lambda m: generate(m, prompt, ...)``) with ``denoiser`` counted per segment.
 
     ``block_first_pass``: every block's first pass is a full forward, not a decode step (Fast-dLLM).
-    Returns ``run``'s result and the counts.
+    ``stop``: an exception that ends the run early (e.g. a pass limit); the counts so far are kept.
+    Returns ``run``'s result (None when stopped) and the counts.
     """
     counter = OpCounter()
     wrapped = _CountedDenoiser(denoiser, counter)
+    result = None
     with counter:
-        result = run(wrapped)
+        try:
+            result = run(wrapped)
+        except BaseException as err:
+            if stop is None or not isinstance(err, stop):
+                raise
+            if counter.steps and counter.steps[-1].kind == "pass":
+                counter.steps.pop()  # the pass that was stopped before it ran
     return result, DecodeCounts(counter.steps, denoiser.config.num_layers, block_first_pass)
