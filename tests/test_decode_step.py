@@ -274,3 +274,79 @@ def test_first_pass_releases_each_layers_full_kv_after_eviction(model, tmp_path)
     cfg = model.config
     full_layer_kv = 2 * cfg.num_kv_heads * (PROMPT + GEN) * cfg.head_dim * 4
     assert denoiser.stats.peak_bytes <= full_layer_kv + denoiser.stats.total_bytes
+
+
+# ----- items 4 and 5: the capture path (CUDA graphs run in tests/test_cuda.py) -----------------------
+
+
+class _StaticPositions:
+    """A denoiser asking the sampler for every position of its block, as CUDA-graph replay does."""
+
+    static_positions = True
+
+    def __init__(self, inner):
+        self.inner, self.config = inner, inner.config
+        self.full_logits = getattr(inner, "full_logits", True)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("system", ["vanilla", "maskkv", "fast-dual"])
+def test_whole_block_positions_give_the_same_tokens(model, system):
+    """The fixed-shape steps that CUDA graphs replay (logits for the whole block) decode the same tokens."""
+    prompt = _prompt(model, seed=7)
+    kwargs = dict(gen_length=16, steps=16, block_length=8)
+    plain = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+    static = generate(_StaticPositions(_denoiser(model, system, block_length=8)), prompt, **kwargs)
+    assert torch.equal(static.sequences, plain.sequences)
+
+
+def test_cuda_graph_option_is_ignored_off_cuda(model):
+    prompt = _prompt(model, 40, seed=8)
+    kwargs = dict(gen_length=16, steps=16, block_length=8, press=MaskKVPress(budget=8))
+    plain = generate(model, prompt, cache=DLLMCache(), **kwargs)
+    denoiser = DLLMCache(cuda_graphs=True).bind(model, 40, press=MaskKVPress(budget=8), block_length=8)
+    graphed = generate(denoiser, prompt, gen_length=16, steps=16, block_length=8)
+    assert torch.equal(graphed.sequences, plain.sequences)
+    assert not denoiser.static_positions and denoiser.graphs.captures == 0
+
+
+def _compiled_pass_matches_eager(make, first_pass, passes):
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is not available")
+    eager, traced = make(), make()
+    with torch.inference_mode():
+        first_pass(eager)
+        first_pass(traced)
+        step = torch.compile(traced.decode_pass, fullgraph=True, backend="eager")  # tracing only: cheap
+        for args in passes:
+            assert torch.equal(step(*args), eager.decode_pass(*args))
+
+
+def test_the_dllm_cache_decode_pass_traces_as_one_graph(model):
+    """``torch.compile(fullgraph=True)`` of the steady pass: nothing in it breaks a graph (no host read,
+    no data-dependent shape); the traced pass equals the eager one, V-verify and response refresh."""
+    if model.config.family == "dream":
+        pytest.skip("one family is enough for the tracing check")
+    model.unpack_lm_head()  # oneDNN's packed weight is an opaque tensor that dynamo does not trace
+    try:
+        x = torch.cat([_prompt(model, 40), torch.full((1, 16), model.config.mask_token_id)], dim=1)
+        positions = torch.arange(40, 56)
+
+        def first(d):
+            d.begin_block(40, 56)
+            d.logits_at(x, None, positions)
+
+        _compiled_pass_matches_eager(
+            lambda: DLLMCache().bind(model, 40, press=MaskKVPress(budget=8), block_length=16), first,
+            [(x, positions, False), (x, positions, True)],
+        )
+        _compiled_pass_matches_eager(
+            lambda: FastDLLMCache("dual").bind(model, 40, block_length=16), first, [(x, positions, 56)]
+        )
+    finally:
+        from maskkv.models.transformer import PackedLMHead, can_pack_lm_head
+
+        if can_pack_lm_head(model.lm_head.weight):
+            model.lm_head = PackedLMHead(model.lm_head.weight.detach())

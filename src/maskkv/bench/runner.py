@@ -60,6 +60,7 @@ class BenchConfig:
     profile: str | None = None  # MaskKV offline layer profile
     threads: int | None = None  # torch.set_num_threads in the measuring process
     count_ops: bool = True  # count aten ops and host syncs per decode step (an extra untimed run)
+    cuda_graphs: bool = False  # cache systems replay their steady passes from CUDA graphs (CUDA only)
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
@@ -169,7 +170,7 @@ def run_once(model: Any, config: BenchConfig, prompt: torch.Tensor, *, max_passe
     memory before the call and record it after the first pass and after the first decode step.
     """
     system = SYSTEMS[config.system]
-    cache = system.make_cache()
+    cache = system.make_cache(config.cuda_graphs)
     press = system.make_press(config.budget, profile or config.profile)
     inner = model if cache is None else cache.bind(model, prompt.shape[1], press=press, block_length=config.block_length)
     read = None
@@ -199,7 +200,7 @@ def count_step_ops(model: Any, config: BenchConfig, prompt: torch.Tensor, profil
     """Aten ops and host syncs per decode step (:mod:`maskkv.bench.opcount`), over an untimed run of
     ``config``'s system stopped after :data:`COUNTED_PASSES` passes; the sampler's work is included."""
     system = SYSTEMS[config.system]
-    cache = system.make_cache()
+    cache = system.make_cache(config.cuda_graphs)
     press = system.make_press(config.budget, profile or config.profile)
     inner = model if cache is None else cache.bind(model, prompt.shape[1], press=press, block_length=config.block_length)
     timer = PassTimer(inner, reference_logits=system.reference_logits, max_passes=COUNTED_PASSES)
@@ -384,6 +385,7 @@ def measure(config: BenchConfig, model: Any | None = None) -> dict[str, Any]:
         "prompt_kv_padding_bytes": None if logical is None else cache_bytes["prompt_kv"] - logical,
         **layout,
         "ops_per_step": ops,
+        "captured": bool(denoiser is not None and getattr(denoiser, "graphs", None) and denoiser.graphs.replays),
         # peak since a reset just before the timed run, read after its first pass and after one decode step
         "first_pass_peak_bytes": last.memory_peaks[0] if last.memory_peaks else None,
         "first_pass_step_peak_bytes": last.memory_peaks[-1] if last.memory_peaks else None,

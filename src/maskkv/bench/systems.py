@@ -48,10 +48,11 @@ class System:
     offline: bool = False  # MaskKV with an offline layer profile (layer-by-layer eviction in the first pass)
     description: str = field(default="", compare=False)
 
-    def make_cache(self) -> DLLMCache | FastDLLMCache | None:
+    def make_cache(self, cuda_graphs: bool = False) -> DLLMCache | FastDLLMCache | None:
+        """The system's cache policy; ``cuda_graphs``: replay its steady passes from CUDA graphs (on CUDA)."""
         if self.fast_dllm is not None:
-            return FastDLLMCache(self.fast_dllm)
-        return None if self.cache is None else DLLMCache(**self.cache)
+            return FastDLLMCache(self.fast_dllm, cuda_graphs=cuda_graphs)
+        return None if self.cache is None else DLLMCache(**self.cache, cuda_graphs=cuda_graphs)
 
     def make_press(self, budget: int, profile: str | None = None) -> Press | None:
         if self.press is None:

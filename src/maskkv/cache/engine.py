@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..models.rope import RopeTable, RotaryPositions
 from ..models.transformer import residual_in_chunks
 from ..presses.base import KeepSet, LayerContext
+from .graphs import StepGraphs, graphs_usable
 from .state import CacheStats, LayerCache, RaggedPrompt
 from .varlen import ragged_attention, varlen_available
 
@@ -81,6 +82,8 @@ class CachedDenoiser:
         self._rope: RotaryPositions | None = None  # every canvas row (tables made per chunk)
         self._resp_rope: RopeTable | None = None  # the response rows
         self._block: tuple[int, int] | None = None  # the sampler's current block (begin_block): positions trusted
+        self.graphs: StepGraphs | None = StepGraphs() if policy.cuda_graphs else None  # used on CUDA only
+        self._kind_records: dict[str, PassRecord] = {}
         self._full_bias: torch.Tensor | None = None
         self._prompt_pad_rows: torch.Tensor | None = None  # Dream: [B, P, 1] True at pad rows
         self._prompt_valid: torch.Tensor | None = None  # [B, P] bool, None when unpadded
@@ -118,14 +121,51 @@ class CachedDenoiser:
         refresh_prompt = first or (self.policy.refresh_prompt(self.step) and not self._prompt_frozen)
         refresh_response = first or self.policy.refresh_response(self.step)
         record = PassRecord(self.step, refresh_prompt, refresh_response)
-        if refresh_prompt and refresh_response:
+        self.passes.append(record)
+        if not refresh_prompt:
+            logits = self._steady_pass(input_ids, positions, refresh_response, record)
+            self.stats.observe(self.layers, self._last_prompt_hidden)
+            return logits
+        if self.graphs is not None:
+            self.graphs.clear()  # a prompt refresh may replace the cache tensors the graphs read
+        if refresh_response:
             self._full_pass(input_ids, record)
         else:
             self._partial_pass(input_ids, refresh_prompt, refresh_response, record)
-        self.passes.append(record)
         self.stats.observe(self.layers, self._last_prompt_hidden)
-        if refresh_prompt:  # the kept prompt sets change only here; counting them syncs a GPU
-            self.stats.observe_prompt_pairs(self.layers, self.prompt_length, self._prompt_valid)
+        # the kept prompt sets change only here; counting them syncs a GPU
+        self.stats.observe_prompt_pairs(self.layers, self.prompt_length, self._prompt_valid)
+        return self._project(positions, record)
+
+    @property
+    def static_positions(self) -> bool:
+        """The sampler should ask for every position of its block (fixed shapes for CUDA graphs)."""
+        return self.graphs is not None and graphs_usable(self.model.embed_tokens.weight)
+
+    def _steady_pass(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, refresh_response: bool, record: PassRecord
+    ) -> torch.Tensor:
+        """A pass without prompt refresh, replayed from a CUDA graph of its kind when graphs are on."""
+        if self.graphs is None or not graphs_usable(input_ids):
+            return self.decode_pass(input_ids, positions, refresh_response, record)
+        key = "response" if refresh_response else "transfer"
+        if key in self._kind_records:  # replayed: the rows are those of the captured pass
+            template = self._kind_records[key]
+            record.rows_per_layer, record.projected_rows = list(template.rows_per_layer), template.projected_rows
+        logits = self.graphs.run(
+            key, (input_ids, positions), lambda ids, pos: self.decode_pass(ids, pos, refresh_response, record)
+        )
+        self._kind_records[key] = record
+        return logits
+
+    def decode_pass(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, refresh_response: bool,
+        record: PassRecord | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """One steady-state pass (after the first; no prompt refresh): the response rows over the cached
+        K/V, then the logits of ``positions``. Fixed shapes and no host read: what a CUDA graph captures."""
+        record = record if record is not None else PassRecord(self.step, False, refresh_response)
+        self._partial_pass(input_ids, False, refresh_response, record)
         return self._project(positions, record)
 
     @property

@@ -31,6 +31,7 @@ import torch
 
 from ..models.rope import RopeTable, RotaryPositions
 from ..models.transformer import residual_in_chunks
+from .graphs import StepGraphs, graphs_usable
 from .state import CacheStats
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ class FastDLLMCache:
     """Fast-dLLM's prefix (``mode="prefix"``) or dual (``mode="dual"``) cache, refreshed per block."""
 
     mode: str = "prefix"
+    cuda_graphs: bool = False  # on CUDA, capture each block's passes in a CUDA graph (maskkv.cache.graphs)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -113,6 +115,7 @@ class FastDLLMDenoiser:
         self._bias: torch.Tensor | None = None  # key padding bias over the whole canvas
         self._pad_rows: torch.Tensor | None = None  # Dream: [B, L, 1] True at prompt padding rows
         self._real_prompt_tokens = 0  # over the batch, without left padding
+        self.graphs: StepGraphs | None = StepGraphs() if policy.cuda_graphs else None  # used on CUDA only
 
     def begin_block(self, start: int, end: int) -> None:
         """The sampler starts the block ``[start, end)``: the next pass is its full forward, and the
@@ -156,15 +159,34 @@ class FastDLLMDenoiser:
             self._start(input_ids, attention_mask)
         shift = 1 if self.config.logits_shift else 0
         if self._block is None or self._block.index != index:
-            hidden, offset = self._full_pass(input_ids, index, start), 0
+            if self.graphs is not None:
+                self.graphs.clear()  # the previous block's graphs read K/V that are released now
+            hidden = self._full_pass(input_ids, index, start)
             self.passes.append(FastPassRecord(self.step, True, length, index))
-        else:
-            query_end = length if self.policy.mode == "prefix" else end
-            hidden, offset = self._block_pass(input_ids, start - shift, query_end), start - shift
-            self.passes.append(FastPassRecord(self.step, False, query_end - start + shift, index))
+            self._observe()
+            return self.model.project(hidden[:, positions - shift if shift else positions])
+        query_end = length if self.policy.mode == "prefix" else end
+        self.passes.append(FastPassRecord(self.step, False, query_end - start + shift, index))
         self._observe()
+        if self.graphs is not None and graphs_usable(input_ids):  # one graph per block (its rows are fixed)
+            return self.graphs.run(
+                (index, query_end), (input_ids, positions), lambda ids, pos: self.decode_pass(ids, pos, query_end)
+            )
+        return self.decode_pass(input_ids, positions, query_end)
+
+    @property
+    def static_positions(self) -> bool:
+        """The sampler should ask for every position of its block (fixed shapes for CUDA graphs)."""
+        return self.graphs is not None and graphs_usable(self.model.embed_tokens.weight)
+
+    def decode_pass(self, input_ids: torch.Tensor, positions: torch.Tensor, query_end: int) -> torch.Tensor:
+        """A block pass (not the block's first): rows from the block's start (less the shift row) to
+        ``query_end`` over the frozen K/V, then the logits of ``positions``; what a CUDA graph captures."""
+        shift = 1 if self.config.logits_shift else 0
+        query_start = self._block.start - shift
+        hidden = self._block_pass(input_ids, query_start, query_end)
         rows = positions - shift if shift else positions
-        return self.model.project(hidden[:, rows - offset])
+        return self.model.project(hidden[:, rows - query_start])
 
     # ----- passes --------------------------------------------------------------------------
 

@@ -92,8 +92,8 @@ class RopeTable:
         source = t.float() if self.in_fp32 and t.dtype != torch.float32 else t
         rotated = source * self.cos
         rolled = torch.roll(source, t.shape[-1] // 2, -1) * self.sin
-        if t.requires_grad and torch.is_grad_enabled():  # training: autograd records an in-place copy
-            return t.copy_(rotated + rolled)
+        if (t.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            return t.copy_(rotated + rolled)  # training (autograd) or tracing (no strided out=): a copy
         return torch.add(rotated, rolled, out=t)
 
 

@@ -170,11 +170,12 @@ class DecoderBlock(nn.Module):
         layers' parameters are the same memory: no copy is kept, in-place updates of either are seen
         by both, and the Parameter objects (optimisers, state dicts) stay the same.
         """
+        cached = self._fusions.get(names)
+        if cached is not None and torch.compiler.is_compiling():  # traced after an eager call fused them
+            return cached[1], cached[2]
         linears = [getattr(self, name) for name in names]
         tensors = [t for linear in linears for t in (linear.weight, linear.bias) if t is not None]
-        pointers = tuple(t.data_ptr() for t in tensors)
-        cached = self._fusions.get(names)
-        if cached is not None and cached[0] == pointers:
+        if cached is not None and cached[0] == tuple(t.data_ptr() for t in tensors):
             return cached[1], cached[2]
         with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: training may use them
             weight = torch.cat([linear.weight for linear in linears])

@@ -188,6 +188,11 @@ class _Block:
         return order[:masks] + self.start
 
 
+def _static_positions(model: Any) -> bool:
+    """Whether the denoiser wants every position of the block each step (CUDA graphs: fixed shapes)."""
+    return bool(getattr(model, "static_positions", False))
+
+
 def _announce(model: Any, start: int, end: int) -> None:
     """Tell a cached denoiser the block it serves next (it then trusts the positions: no device reads)."""
     begin_block = getattr(model, "begin_block", None)
@@ -299,7 +304,8 @@ def _llada_steps(
 
     # One row asks for exactly its masked positions; with several rows, or when a committed proposal may
     # leave a mask behind (confidence -inf: EOS/EOT flags), the whole block is asked and masked.
-    exact = batch == 1 and not confidence_eos_eot_inf and not replay_noise
+    # A denoiser replaying CUDA graphs needs fixed shapes: it asks for the whole block (static_positions).
+    exact = batch == 1 and not confidence_eos_eot_inf and not replay_noise and not _static_positions(model)
 
     def step(x: torch.Tensor, block: _Block, masks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One proposal over the canvas: (x0 [B, L], confidence [B, L]); confidence None when skipped.
@@ -506,7 +512,7 @@ def _generate_dream_host(
     columns = torch.arange(length, device=x.device)
     block_length = plan.block_length
     margin, negent = alg == "topk_margin", alg == "entropy"
-    exact = batch == 1
+    exact = batch == 1 and not _static_positions(model)
     schedule = None if threshold is not None else dream_transfer_schedule(
         block_length, plan.steps_per_block, timesteps=timesteps
     )  # fmt: skip
