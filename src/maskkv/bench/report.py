@@ -246,7 +246,7 @@ CSV_METRICS = ("seconds", "tokens_per_s", "extrapolated", "timed_passes", "first
                "contended", "attempts", "loadavg_1m", "peak_memory_bytes", "model_memory_bytes",
                "runtime_memory_bytes", "peak_increment_bytes", "tensor_peak_bytes", "memory_measure", "cache_bytes_match",
                "prompt_kv_logical_bytes", "prompt_kv_padding_bytes", "first_pass_peak_bytes",
-               "first_pass_step_peak_bytes", "first_pass_increment_bytes", "captured", "error")  # fmt: skip
+               "first_pass_step_peak_bytes", "first_pass_increment_bytes", "captured", "capture_failure", "error")  # fmt: skip
 OPS_METRICS = ("ops_per_step_mean", "ops_per_step_max", "ops_per_layer_per_step", "ops_per_layer_per_step_max",
                "syncs_per_step_mean", "syncs_per_step_max", "syncs_outside_steps")  # fmt: skip
 CACHE_KINDS = ("prompt_kv", "response_kv", "response_features", "prompt_features", "total", "peak",

@@ -386,6 +386,7 @@ def measure(config: BenchConfig, model: Any | None = None) -> dict[str, Any]:
         **layout,
         "ops_per_step": ops,
         "captured": bool(denoiser is not None and getattr(denoiser, "graphs", None) and denoiser.graphs.replays),
+        "capture_failure": None if denoiser is None or not getattr(denoiser, "graphs", None) else denoiser.graphs.failure,
         # peak since a reset just before the timed run, read after its first pass and after one decode step
         "first_pass_peak_bytes": last.memory_peaks[0] if last.memory_peaks else None,
         "first_pass_step_peak_bytes": last.memory_peaks[-1] if last.memory_peaks else None,

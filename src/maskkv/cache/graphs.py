@@ -33,6 +33,7 @@ class StepGraphs:
 
     captures: int = 0
     replays: int = 0
+    failure: str | None = None  # why a capture failed: the passes then run eagerly
     _graphs: dict[Hashable, _Captured] = field(default_factory=dict)
     _pool: Any = None
 
@@ -46,6 +47,8 @@ class StepGraphs:
         ``fn`` must depend on ``inputs`` only through their values (they are copied into fixed buffers)
         and on other state only through tensors it updates in place.
         """
+        if self.failure is not None:
+            return fn(*inputs)
         entry = self._graphs.get(key)
         if entry is not None:
             for static, new in zip(entry.inputs, inputs):
@@ -62,8 +65,13 @@ class StepGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            output = fn(*static_inputs)  # recorded, not run: the caches keep the warm-up's updates
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                output = fn(*static_inputs)  # recorded, not run: the caches keep the warm-up's updates
+        except Exception as err:  # noqa: BLE001 - an op that cannot be captured: stay eager, say why
+            self.failure = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            self._graphs.clear()
+            return result
         self._graphs[key] = _Captured(graph, static_inputs, output)
         self.captures += 1
         return result
