@@ -22,6 +22,7 @@ from maskkv.presses import MaskKVPress, make_press
 from maskkv.sampling.generate import generate
 
 PROMPT, GEN = 300, 32
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module", params=["llada", "dream"])
@@ -29,14 +30,6 @@ def model(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(f"decode-{request.param}")
     write_tiny_checkpoint(path, request.param, num_layers=3, hidden_size=64, num_heads=4, seed=5)
     return load_model(path)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _prompt(model, length: int = PROMPT, batch: int = 1, seed: int = 0) -> torch.Tensor:

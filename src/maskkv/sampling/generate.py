@@ -225,6 +225,26 @@ def _check_no_mask_left(x: torch.Tensor, mask_id: int, prompt_length: int) -> No
         )
 
 
+def _threshold_commit(
+    x: torch.Tensor, candidates: torch.Tensor, confidence: torch.Tensor, eligible: torch.Tensor, *, threshold: float,
+    mask_id: int, start: int, end: int, remaining: int, k: int | None, block: int,
+) -> tuple[torch.Tensor, int]:
+    """One Fast-dLLM threshold step (``sampling.md`` 3.1): commit, then count the masks left in ``[start, end)``.
+
+    Reading that count is the step's one host synchronisation; no progress means the model proposed the mask
+    token. ``k``: the largest eligible count of a row when known on the host (else it is read too).
+    """
+    pick = threshold_transfer_index(confidence, eligible, threshold, k=k)
+    x = torch.where(pick, candidates, x)
+    now = int((x[:, start:end] == mask_id).sum())
+    if now == remaining:
+        raise RuntimeError(
+            f"threshold decoding made no progress in block {block}: the model proposed the mask token "
+            f"id {mask_id}; suppress that logit in the model"
+        )
+    return x, now
+
+
 def _commit_topk(x: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, k: int) -> None:
     """Per row, write ``x0`` into ``x`` at the ``k`` most confident positions (``sampling.md`` 1.4, 1.7).
 
@@ -366,15 +386,10 @@ def _llada_steps(
                 x0, confidence = step(x, block, remaining)
                 steps_run += 1
                 eligible = (x == mask_id) & (columns < block.end)
-                pick = threshold_transfer_index(confidence, eligible, threshold, k=remaining if exact else None)
-                x = torch.where(pick, x0, x)
-                now = int((x[:, block.start : block.end] == mask_id).sum())
-                if now == remaining:
-                    raise RuntimeError(
-                        f"threshold decoding made no progress in block {index}: the model proposed the mask token "
-                        f"id {mask_id}; suppress that logit in the model"
-                    )
-                remaining = now
+                x, remaining = _threshold_commit(
+                    x, x0, confidence, eligible, threshold=threshold, mask_id=mask_id, start=block.start,
+                    end=block.end, remaining=remaining, k=remaining if exact else None, block=index,
+                )  # fmt: skip
     return x, nfe, steps_run, threshold is None
 
 
@@ -441,15 +456,10 @@ def _dream_steps(
                 full_confidence[eligible] = confidence
                 candidates = torch.full_like(x, mask_id)
                 candidates[eligible] = tokens
-                pick = threshold_transfer_index(full_confidence, eligible, threshold)
-                x = torch.where(pick, candidates, x)
-                now = int((x[:, block_start:block_end] == mask_id).sum())
-                if now == remaining:
-                    raise RuntimeError(
-                        f"threshold decoding made no progress in block {block}: the model proposed the mask token "
-                        f"id {mask_id}; suppress that logit in the model"
-                    )
-                remaining = now
+                x, remaining = _threshold_commit(
+                    x, candidates, full_confidence, eligible, threshold=threshold, mask_id=mask_id, start=block_start,
+                    end=block_end, remaining=remaining, k=None, block=block,
+                )  # fmt: skip
             continue
 
         for i in range(steps_per_block):
@@ -550,15 +560,10 @@ def _generate_dream_host(
                 steps_run += 1
                 if eligible is None:
                     eligible = (x == mask_id) & (columns >= block.start) & (columns < block.end)
-                pick = threshold_transfer_index(full_confidence, eligible, threshold, k=remaining if exact else None)
-                x = torch.where(pick, candidates, x)
-                now = int((x[:, block.start : block.end] == mask_id).sum())
-                if now == remaining:
-                    raise RuntimeError(
-                        f"threshold decoding made no progress in block {index}: the model proposed the mask token "
-                        f"id {mask_id}; suppress that logit in the model"
-                    )
-                remaining = now
+                x, remaining = _threshold_commit(
+                    x, candidates, full_confidence, eligible, threshold=threshold, mask_id=mask_id,
+                    start=block.start, end=block.end, remaining=remaining, k=remaining if exact else None, block=index,
+                )  # fmt: skip
             continue
         masks = block_length
         for k in schedule:
