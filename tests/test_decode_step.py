@@ -194,7 +194,24 @@ def test_fused_rmsnorm_is_the_reference_in_fp32():
     x = torch.randn(3, 17, 64) * 3
     x32 = x.float()
     reference = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5))
-    assert torch.equal(norm(x), reference)
+    with torch.inference_mode():
+        fused = norm(x)  # F.rms_norm
+    assert torch.equal(fused, reference)
+    assert torch.equal(norm(x), reference)  # with autograd: the formula itself
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_fused_inference_forward_equals_the_unfused_training_forward(tmp_path, family):
+    """Fused q/k/v and gate/up GEMMs, fused RMSNorm and the RoPE tables (inference) against the separate
+    projections and the formula (the autograd path): bit-identical logits on this CPU."""
+    write_tiny_checkpoint(tmp_path / "m", family, num_layers=2, seed=9)
+    model = load_model(tmp_path / "m")
+    ids = _prompt(model, 30, batch=2)
+    with torch.inference_mode():
+        fused = model(ids).logits
+    model.requires_grad_(True)
+    unfused = model(ids).logits.detach()
+    assert torch.equal(fused, unfused)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -126,12 +126,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):  # training: the formula
+            x32 = x.float()
+            y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return self.weight * y.to(x.dtype)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             # One fused op; on fp32 it computes exactly ``weight * (x * rsqrt(mean(x^2) + eps))``
-            # (bit-identical on CPU: tests/test_models.py::test_fused_rmsnorm_is_the_reference_in_fp32).
+            # (bit-identical on CPU: tests/test_decode_step.py::test_fused_rmsnorm_is_the_reference_in_fp32).
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        x32 = x.float()
-        y = F.rms_norm(x32, self.weight.shape, None, self.eps)  # the fp32 statistics, then the reference's casts
+        y = F.rms_norm(x.float(), self.weight.shape, None, self.eps)  # fp32 statistics, then the reference's casts
         return self.weight * y.to(x.dtype)
 
 
