@@ -155,6 +155,7 @@ class CachedDenoiser:
         logits = self.graphs.run(
             key, (input_ids, positions), lambda ids, pos: self.decode_pass(ids, pos, refresh_response, record)
         )
+        del record.rows_per_layer[len(self.layers) :]  # a capture ran the pass a second time (not executed)
         self._kind_records[key] = record
         return logits
 
