@@ -138,10 +138,14 @@ def test_cuda_graph_replay_decodes_like_the_eager_steps(checkpoint, system):
         from maskkv.cache.fast_dllm import FastDLLMCache
 
         mode = system.removeprefix("fast-")
-        eager, graphed, denoiser = _graphed_and_eager(model, prompt, lambda g: FastDLLMCache(mode, cuda_graphs=g), **kwargs)
+        eager, graphed, denoiser = _graphed_and_eager(
+            model, prompt, lambda g: FastDLLMCache(mode, cuda_graphs=g), **kwargs
+        )
     else:
         press = None if system == "dllm-cache" else make_press(system, budget=12)
-        eager, graphed, denoiser = _graphed_and_eager(model, prompt, lambda g: DLLMCache(cuda_graphs=g), press, **kwargs)
+        eager, graphed, denoiser = _graphed_and_eager(
+            model, prompt, lambda g: DLLMCache(cuda_graphs=g), press, **kwargs
+        )
     assert denoiser.static_positions and denoiser.graphs.captures >= 1 and denoiser.graphs.replays >= 8
     assert torch.equal(graphed.sequences, eager.sequences)
 
@@ -168,5 +172,7 @@ def test_no_host_sync_in_a_cuda_decode_step(checkpoint):
     model = load_model(checkpoint, device="cuda", dtype=torch.float32)
     prompt = _prompt(model.config.vocab_size, 1, 64, seed=6).cuda()
     denoiser = DLLMCache().bind(model, 64, press=make_press("maskkv", budget=16), block_length=16)
-    _, counts = count_decode_steps(denoiser, lambda m: maskkv.generate(m, prompt, gen_length=16, steps=16, block_length=16))
+    _, counts = count_decode_steps(
+        denoiser, lambda m: maskkv.generate(m, prompt, gen_length=16, steps=16, block_length=16)
+    )
     assert counts.summary()["syncs_per_step_max"] == 0, counts.summary()["sync_ops"]

@@ -34,7 +34,8 @@ _aten = torch.ops.aten
 SYNC_OPS = frozenset(
     str(op)
     for op in (
-        _aten._local_scalar_dense.default, _aten.item.default, _aten.is_nonzero.default, _aten.equal.default, _aten.allclose.default,
+        _aten._local_scalar_dense.default, _aten.item.default, _aten.is_nonzero.default, _aten.equal.default,
+        _aten.allclose.default,
         _aten.nonzero.default, _aten.nonzero_numpy.default, _aten.argwhere.default, _aten.masked_select.default,
         _aten.masked_scatter.default, _aten.masked_scatter_.default, _aten.unique_dim.default,
         _aten._unique.default, _aten._unique2.default, _aten.unique_consecutive.default,

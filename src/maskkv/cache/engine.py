@@ -243,11 +243,7 @@ class CachedDenoiser:
                 self._evict(cache, keep)  # the full prompt K/V are released here, before the MLP
             else:
                 cache.attn_mask = self._mask_for(cache)
-            x_mid = x
-            x, mlp = residual_in_chunks(
-                x_mid, lambda start, stop: layer.mlp(x_mid[:, start:stop]), chunk, keep_from, in_place=True
-            )
-            del x_mid
+            x, mlp = layer.mlp_in_chunks(x, chunk, keep_from, in_place=True)
             cache.resp_mlp = mlp[:, g0:] if g0 == 0 else mlp[:, g0:].clone()
             cache.prompt_mlp = mlp[:, :p].clone() if keep_prompt_features else None
             del mlp
@@ -479,9 +475,7 @@ class CachedDenoiser:
             attn_p = attn_p.masked_fill(self._prompt_pad_rows[:, skip:], 0.0)
         x_mid = x_prompt + attn_p
         keep_features = not self.policy.prompt_state_exclusion
-        x_prompt, mlp_p = residual_in_chunks(
-            x_mid, lambda start, stop: layer.mlp(x_mid[:, start:stop]), chunk, 0 if keep_features else None
-        )
+        x_prompt, mlp_p = layer.mlp_in_chunks(x_mid, chunk, 0 if keep_features else None)
         if keep_features:
             cache.prompt_attn, cache.prompt_mlp = attn_p, mlp_p
         x_resp = self._finish_response(layer, cache, x_resp, attn_r, rows)

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..models.rope import RopeTable, RotaryPositions
-from ..models.transformer import residual_in_chunks
 from .graphs import StepGraphs, graphs_usable
 from .state import CacheStats
 
@@ -210,10 +209,8 @@ class FastDLLMDenoiser:
             del q
             if self._pad_rows is not None:
                 attn = attn.masked_fill(self._pad_rows, 0.0)
-            x_mid = x + attn
+            x = layer.mlp_in_chunks(x + attn, chunk, in_place=True)[0]
             del attn
-            x = residual_in_chunks(x_mid, lambda lo, hi: layer.mlp(x_mid[:, lo:hi]), chunk)[0]
-            del x_mid
             block.keys.append(k)
             block.values.append(v)
         self._block = block
@@ -225,7 +222,8 @@ class FastDLLMDenoiser:
         fresh = block.start - query_start  # leading query-only rows (the shift row) keep their frozen K/V
         x = self.model.embed_tokens(input_ids[:, query_start:query_end])
         rope, k_views, v_views = self._block_rows(query_start, query_end)
-        for layer, k_frozen, v_frozen, k_rows, v_rows in zip(self.model.layers, block.keys, block.values, k_views, v_views):
+        layers = zip(self.model.layers, block.keys, block.values, k_views, v_views)
+        for layer, k_frozen, v_frozen, k_rows, v_rows in layers:
             q, k, v = layer.qkv(x, rope)
             k_rows.copy_(k if fresh == 0 else k[:, :, fresh:])  # recomputed rows: fresh K/V in place
             v_rows.copy_(v if fresh == 0 else v[:, :, fresh:])

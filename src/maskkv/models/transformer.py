@@ -229,7 +229,9 @@ class DecoderBlock(nn.Module):
         h, h_kv = self.config.num_heads, self.config.num_kv_heads
         return heads.narrow(1, 0, h), heads.narrow(1, h, h_kv), heads.narrow(1, h + h_kv, h_kv)
 
-    def qkv_in_chunks(self, x: torch.Tensor, rope: RopeTable | RotaryPositions, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv_in_chunks(
+        self, x: torch.Tensor, rope: RopeTable | RotaryPositions, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`qkv` computed ``chunk`` rows at a time into contiguous ``q``, ``k``, ``v`` (the same values).
 
         The per-chunk projections are the only transient memory; ``k``/``v`` come out in the cache's
@@ -268,6 +270,13 @@ class DecoderBlock(nn.Module):
         """``o_proj`` of per-head attention outputs ``[B, H, Tq, hd]`` -> ``[B, Tq, d]``."""
         b, _, tq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, tq, -1))
+
+    def mlp_in_chunks(
+        self, x: torch.Tensor, chunk: int, keep_from: int | None = None, *, in_place: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x + mlp(x)`` ``chunk`` rows at a time, and the MLP's rows ``keep_from:`` (:func:`residual_in_chunks`)."""
+        rows = lambda start, stop: self.mlp(x[:, start:stop])  # noqa: E731
+        return residual_in_chunks(x, rows, chunk, keep_from, in_place=in_place)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """SiLU-gated MLP on the normed residual stream: ``down(silu(gate(h)) * up(h))``."""

@@ -551,7 +551,8 @@ def _generate_dream_host(
         return candidates, full_confidence, eligible
 
     for index in range(plan.gen_length // block_length):
-        block = _Block(plan.prompt_length + index * block_length, plan.prompt_length + (index + 1) * block_length, exact)
+        start = plan.prompt_length + index * block_length
+        block = _Block(start, start + block_length, exact)
         _announce(model, block.start, block.end)
         if threshold is not None:
             remaining = batch * block_length
