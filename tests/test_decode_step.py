@@ -8,6 +8,8 @@ against the plain (unfused, unchunked) computations.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -118,19 +120,57 @@ def test_threshold_decoding_reads_once_per_step(model):
     assert syncs and max(syncs) == 1 and min(syncs) == 1, counts.summary()["sync_ops"]
 
 
-def test_a_committed_mask_token_is_reported_not_hidden(model):
-    """The host schedule assumes committed tokens are real: a model proposing [MASK] fails loudly."""
+def _propose_mask(model, monkeypatch) -> None:
+    """A pass asking for 8 rows (a block's first step, or any step that still has 8 masks) proposes [MASK]
+    with certainty at its second row: committed, that position stays masked."""
+    plain = type(model).project
 
-    class ProposesMask:
+    def project(self, hidden):
+        logits = plain(self, hidden)
+        if hidden.shape[-2] == 8:
+            logits[..., 1, self.config.mask_token_id] = 1e4
+        return logits
+
+    monkeypatch.setattr(type(model), "project", project)
+
+
+@pytest.mark.parametrize("system", ["vanilla", "maskkv", "fast-dual"])
+def test_a_committed_mask_token_reruns_with_device_reads(model, system, monkeypatch):
+    """The host schedule assumes committed tokens are real; a model committing [MASK] leaves a mask, and
+    the call re-runs with the reference's device reads: the result equals the always-synced loop's, and
+    differs from what the sync-free loop alone returned."""
+    sampling = importlib.import_module("maskkv.sampling.generate")  # the module (the package exports a function)
+    prompt = _prompt(model, seed=11)
+    kwargs = dict(gen_length=16, steps=16, block_length=8)
+    _propose_mask(model, monkeypatch)
+    out = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+
+    def loop(synced):
+        def run(steps, m, plan, options):
+            with sampling._blocks_announced(m):
+                x, nfe, steps_run, _ = steps(m, plan, synced=synced, **options)
+            return x, nfe, steps_run
+
+        return run
+
+    monkeypatch.setattr(sampling, "_run_steps", loop(True))
+    reference = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+    monkeypatch.setattr(sampling, "_run_steps", loop(False))
+    sync_free_only = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+    assert torch.equal(out.sequences, reference.sequences)
+    assert not torch.equal(sync_free_only.sequences, reference.sequences)  # the re-run was needed
+
+
+def test_a_committed_mask_token_without_reset_is_reported(model, monkeypatch):
+    class NoReset:  # a wrapper that cannot start the request over
         config = model.config
 
-        def logits_at(self, input_ids, attention_mask, positions):
-            logits = model.logits_at(input_ids, attention_mask, positions)
-            logits[..., model.config.mask_token_id] = 1e4
-            return logits
+        def logits_at(self, *args):
+            return model.logits_at(*args)
 
-    with pytest.raises(RuntimeError, match="mask token"):
-        generate(ProposesMask(), _prompt(model, 20), gen_length=8, steps=8)
+    _propose_mask(model, monkeypatch)
+    with pytest.raises(RuntimeError, match="no reset"):
+        generate(NoReset(), _prompt(model, 20), gen_length=8, steps=8)
 
 
 # ----- item 2: at most 50 aten ops per layer per step ------------------------------------------------

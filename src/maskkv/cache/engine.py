@@ -102,6 +102,10 @@ class CachedDenoiser:
             raise ValueError(f"block [{start}, {end}) starts inside the {self.prompt_length}-token prompt")
         self._block = (start, end)
 
+    def reset(self) -> None:
+        """Forget the request (caches, kept sets, passes): the next pass is a first pass again."""
+        self.__init__(self.model, self.policy, self.prompt_length, self.press, kept_attention=self.kept_attention)
+
     def end_blocks(self) -> None:
         """The sampler is done: positions of later calls are checked again."""
         self._block = None

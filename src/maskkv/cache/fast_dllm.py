@@ -126,6 +126,10 @@ class FastDLLMDenoiser:
             )
         self._announced = (start, end)
 
+    def reset(self) -> None:
+        """Forget the request (the block's frozen K/V, the passes): the next pass is a first pass again."""
+        self.__init__(self.model, self.policy, self.prompt_length, self.block_length)
+
     def end_blocks(self) -> None:
         """The sampler is done: positions of later calls are checked again."""
         self._announced = None

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import torch
@@ -211,18 +211,44 @@ def _blocks_announced(model: Any) -> Iterator[None]:
             end_blocks()
 
 
-def _check_no_mask_left(x: torch.Tensor, mask_id: int, prompt_length: int) -> None:
-    """The one read after the steps: a mask left on the canvas means the model proposed the mask token.
+def _run_steps(steps: Any, model: Any, plan: _Plan, options: dict[str, Any]) -> tuple[torch.Tensor, int, int]:
+    """``steps(model, plan, **options)`` with its blocks announced, checked by one read at the end.
 
-    The step positions follow the host's schedule, which assumes every committed token is a real one; a
-    committed mask token would break that assumption (and the reference would have re-predicted it), so
-    the call fails instead of returning a canvas that differs from the reference's.
+    The sync-free steps take the masks left from the host's schedule, which assumes every committed token
+    is a real one. A model that commits the mask token leaves a mask on the canvas (the step positions never
+    come back to it), which the one read after the loop sees; the call is then run again from the same
+    canvas and random state with the reference's device reads (``synced``), so the result is always the
+    reference's. Re-running needs a fresh denoiser: a plain model, or one with ``reset()`` (the caches).
     """
-    if bool((x[:, prompt_length:] == mask_id).any()):
+    start, rng = plan.x.clone(), _rng_state(plan.x.device)
+    with _blocks_announced(model):
+        x, nfe, steps_run, scheduled = steps(model, plan, **options)
+    mask_id = model.config.mask_token_id
+    if not scheduled or not bool((x[:, plan.prompt_length :] == mask_id).any()):
+        return x, nfe, steps_run
+    reset = getattr(model, "reset", None)
+    if reset is None and not isinstance(model, torch.nn.Module):
         raise RuntimeError(
-            f"the model proposed the mask token id {mask_id} for a position that was committed; suppress that "
-            "logit in the model (the samplers' schedules assume committed tokens are real tokens)"
+            f"the model committed the mask token id {mask_id}; the sampler must re-run this call with device "
+            f"reads, but {type(model).__name__} has no reset(); suppress that logit or pass a resettable denoiser"
         )
+    if reset is not None:
+        reset()
+    _set_rng_state(plan.x.device, rng)
+    with _blocks_announced(model):
+        x, again, steps_run, _ = steps(model, replace(plan, x=start), synced=True, **options)
+    return x, nfe + again, steps_run
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _threshold_commit(
@@ -276,21 +302,13 @@ def _llada_logits(
 
 
 def _generate_llada(model: Any, plan: _Plan, **options: Any) -> tuple[torch.Tensor, int, int]:
-    """:func:`_llada_steps`; afterwards the denoiser checks the positions of direct calls again."""
-    with _blocks_announced(model):
-        x, nfe, steps, scheduled = _llada_steps(model, plan, **options)
-    if scheduled:
-        _check_no_mask_left(x, model.config.mask_token_id, plan.prompt_length)
-    return x, nfe, steps
+    """:func:`_llada_steps` through :func:`_run_steps`."""
+    return _run_steps(_llada_steps, model, plan, options)
 
 
 def _generate_dream(model: Any, plan: _Plan, **options: Any) -> tuple[torch.Tensor, int, int]:
-    """:func:`_dream_steps`; afterwards the denoiser checks the positions of direct calls again."""
-    with _blocks_announced(model):
-        x, nfe, steps, scheduled = _dream_steps(model, plan, **options)
-    if scheduled:
-        _check_no_mask_left(x, model.config.mask_token_id, plan.prompt_length)
-    return x, nfe, steps
+    """:func:`_dream_steps` through :func:`_run_steps`."""
+    return _run_steps(_dream_steps, model, plan, options)
 
 
 def _llada_steps(
@@ -304,10 +322,12 @@ def _llada_steps(
     logits_eos_inf: bool,
     confidence_eos_eot_inf: bool,
     softmax_dtype: str,
+    synced: bool = False,
 ) -> tuple[torch.Tensor, int, int, bool]:
     """LLaDA ``generate`` (``sampling.md`` 1.4), or Fast-dLLM's threshold loop (3.1).
 
-    Returns (x, nfe, steps, whether the host schedule chose the positions).
+    ``synced``: read the masked positions from the device every step (the reference's way; see
+    :func:`_run_steps`). Returns (x, nfe, steps, whether the host schedule chose the positions).
     """
     config = model.config
     x = plan.x
@@ -326,6 +346,7 @@ def _llada_steps(
     # leave a mask behind (confidence -inf: EOS/EOT flags), the whole block is asked and masked.
     # A denoiser replaying CUDA graphs needs fixed shapes: it asks for the whole block (static_positions).
     exact = batch == 1 and not confidence_eos_eot_inf and not replay_noise and not _static_positions(model)
+    exact = exact and not synced
 
     def step(x: torch.Tensor, block: _Block, masks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One proposal over the canvas: (x0 [B, L], confidence [B, L]); confidence None when skipped.
@@ -333,6 +354,9 @@ def _llada_steps(
         ``masks``: the block's masked positions per row before this step (known on the host).
         """
         nonlocal nfe
+        eligible = (x == mask_id) & (columns < block.end) if synced else None
+        if synced:  # the reference's reads: is any position left, and which
+            masks = int(bool(eligible.any()))
         if masks == 0:
             # Nothing to predict (s_b > n after the block is done): skip the forward, keep the reference's draws.
             if replay_noise:
@@ -340,7 +364,10 @@ def _llada_steps(
             if remasking == "random":
                 torch.rand((batch, length), device=x.device)
             return x, None
-        positions = columns if replay_noise else block.positions(x, mask_id, masks, columns)
+        if replay_noise:
+            positions = columns
+        else:
+            positions = _masked_columns(eligible) if synced else block.positions(x, mask_id, masks, columns)
         logits = _llada_logits(model, x, plan.attention_mask, positions, prompt_length, cfg_scale)
         nfe += 1
         x0_c, confidence_c = llada_propose(
@@ -361,7 +388,8 @@ def _llada_steps(
         confidence = torch.full((batch, length), -torch.inf, dtype=confidence_c.dtype, device=x.device)
         confidence[:, positions] = confidence_c
         if not block.exact:  # exact positions are the eligible set itself
-            eligible = (x == mask_id) & (columns < block.end)
+            if eligible is None:
+                eligible = (x == mask_id) & (columns < block.end)
             confidence = torch.where(eligible, confidence, -torch.inf)
         return x0, confidence
 
@@ -404,8 +432,11 @@ def _dream_steps(
     alg_temp: float | None,
     eps: float,
     threshold: float | None,
+    synced: bool = False,
 ) -> tuple[torch.Tensor, int, int, bool]:
     """Dream ``_sample`` (``sampling.md`` 2.4), per block when blocks are given (3.4), or threshold (3.1).
+
+    ``synced``: the reference's loop with its device reads (see :func:`_run_steps`).
 
     Without ``block_length`` the plan holds one block spanning the generation region, which is the
     reference's unblocked sampler exactly.
@@ -436,7 +467,7 @@ def _dream_steps(
     # Sync-free steps (host schedule, positions of _Block) for every selection that commits the scheduled
     # count (not origin's random subset) where they draw the reference's random numbers (one row, or greedy);
     # below, the reference's loop with its device reads.
-    if (threshold is not None or alg != "origin") and (batch == 1 or temperature == 0):
+    if not synced and (threshold is not None or alg != "origin") and (batch == 1 or temperature == 0):
         return _generate_dream_host(
             model, plan, alg=alg, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
             timesteps=timesteps, threshold=threshold,
