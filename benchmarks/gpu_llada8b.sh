@@ -7,11 +7,11 @@
 # For an 80 GB+ GPU (A100/H100/H200). Everything lands in OUT_DIR (log.txt: everything printed). Each step
 # runs under its own time limit (seconds, environment variables below; about 8.5 minutes in all) and writes
 # its files as it goes, so a step cut short keeps what it measured:
-#   1. CUDA_TEST_S (100): tests/test_cuda.py and tests/test_ragged_cache.py -> OUT_DIR/tests.txt (junit XML too):
+#   1. CUDA_TEST_S (110): tests/test_cuda.py and tests/test_ragged_cache.py -> OUT_DIR/tests.txt (junit XML too):
 #      fp32 logits/tokens against the CPU, exactness with eviction disabled, the varlen kernel, CUDA-graph
 #      replay against eager steps (identical tokens), no host sync in a CUDA decode step;
-#   2. OPS_S (60): OUT_DIR/ops: every system at 1k, eager, with aten ops and host syncs per decode step;
-#   3. FIG4_S (200): OUT_DIR/fig4: vanilla (3 passes, extrapolated), dllm-cache, fast-dllm-prefix, maskkv
+#   2. OPS_S (50): OUT_DIR/ops: every system at 1k, eager, with aten ops and host syncs per decode step;
+#   3. FIG4_S (190): OUT_DIR/fig4: vanilla (3 passes, extrapolated), dllm-cache, fast-dllm-prefix, maskkv
 #      (online) and maskkv-offline at 1k..32k, cache systems captured (--cuda-graphs);
 #   4. LONG_S (110): OUT_DIR/long: vanilla, fast-dllm-prefix, maskkv, maskkv-offline at 64k, captured;
 #   5. HUGE_S (60): OUT_DIR/huge: maskkv-offline at 128k (no warm-up run), captured.
@@ -31,14 +31,14 @@ import torch, sys
 print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda,
       "gpu", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 PY
-timeout "${CUDA_TEST_S:-100}" "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT_DIR/tests.xml" \
+timeout "${CUDA_TEST_S:-110}" "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT_DIR/tests.xml" \
   tests/test_cuda.py tests/test_ragged_cache.py 2>&1 | tee "$OUT_DIR/tests.txt" | tee -a "$LOG"
 BENCH=(--arch llada-8b --device cuda --dtype bfloat16 --gen-length 32 --steps 32 --block-length 32 --budget 256
        --vanilla-steps 3 --repeats 1)
-timeout "${OPS_S:-60}" "$PY" -m maskkv.bench "${BENCH[@]}" --warmup 1 --lengths 1k --count-ops \
+timeout "${OPS_S:-50}" "$PY" -m maskkv.bench "${BENCH[@]}" --warmup 1 --lengths 1k --count-ops \
   --systems vanilla,dllm-cache,fast-dllm-prefix,fast-dllm-dual,maskkv,maskkv-offline \
   --out "$OUT_DIR/ops" 2>&1 | tee -a "$LOG"
-timeout "${FIG4_S:-200}" "$PY" -m maskkv.bench "${BENCH[@]}" --warmup 1 --no-count-ops --cuda-graphs \
+timeout "${FIG4_S:-190}" "$PY" -m maskkv.bench "${BENCH[@]}" --warmup 1 --no-count-ops --cuda-graphs \
   --lengths 1k,2k,4k,8k,16k,32k --systems vanilla,dllm-cache,fast-dllm-prefix,maskkv,maskkv-offline \
   --out "$OUT_DIR/fig4" 2>&1 | tee -a "$LOG"
 timeout "${LONG_S:-110}" "$PY" -m maskkv.bench "${BENCH[@]}" --warmup 1 --no-count-ops --cuda-graphs \

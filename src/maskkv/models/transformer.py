@@ -25,8 +25,10 @@ from .rope import RopeTable, RotaryPositions, inverse_frequencies, rotary_cos_si
 # (docs/performance.md). A packed head (:class:`PackedLMHead`) is faster still.
 SKINNY_LM_HEAD_ROWS = 11
 # Row-wise work of long passes (the cache's first pass and prompt refreshes) runs in chunks whose widest
-# transient (the MLP's gate/up output) stays near this many bytes.
-ROW_CHUNK_BYTES = 16 * 2**20
+# transient (the MLP's gate/up output) stays near this many bytes: small on a CPU, where memory is what a
+# long prompt runs out of; larger on a GPU, where each chunk costs kernel launches (LLaDA-8B: 2,730 rows).
+ROW_CHUNK_BYTES = 8 * 2**20
+GPU_ROW_CHUNK_BYTES = 128 * 2**20
 MIN_ROW_CHUNK = 256
 QKV = ("q_proj", "k_proj", "v_proj")  # fused into one GEMM for inference (DecoderBlock.fused_weights)
 GATE_UP = ("gate_proj", "up_proj")
@@ -436,9 +438,10 @@ class DiffusionTransformer(nn.Module):
 
     def row_chunk(self) -> int:
         """Rows per chunk of row-wise work in long passes: about :data:`ROW_CHUNK_BYTES` of MLP activations
-        (at least :data:`MIN_ROW_CHUNK` rows)."""
-        row_bytes = 2 * self.config.intermediate_size * self.embed_tokens.weight.element_size()
-        return max(MIN_ROW_CHUNK, ROW_CHUNK_BYTES // row_bytes)
+        (:data:`GPU_ROW_CHUNK_BYTES` off the CPU), at least :data:`MIN_ROW_CHUNK` rows."""
+        weight = self.embed_tokens.weight
+        budget = ROW_CHUNK_BYTES if weight.device.type == "cpu" else GPU_ROW_CHUNK_BYTES
+        return max(MIN_ROW_CHUNK, budget // (2 * self.config.intermediate_size * weight.element_size()))
 
     def unpack_lm_head(self) -> None:
         """Give a :class:`PackedLMHead` back its dense weight (an :class:`LMHead`), e.g. before ``.to("cuda")``."""
