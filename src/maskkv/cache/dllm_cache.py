@@ -7,7 +7,7 @@ object can serve any number of requests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class DLLMCache:
     layer0_response_refresh: bool = True
     refresh_all_values: bool = True
     ragged_storage: bool = True
-    cuda_graphs: bool = False
+    cuda_graphs: bool = field(default=False, repr=False)  # how it runs, not what it computes: not in run records
 
     def __post_init__(self) -> None:
         for name in ("prompt_interval", "response_interval"):

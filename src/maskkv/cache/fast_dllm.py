@@ -45,7 +45,9 @@ class FastDLLMCache:
     """Fast-dLLM's prefix (``mode="prefix"``) or dual (``mode="dual"``) cache, refreshed per block."""
 
     mode: str = "prefix"
-    cuda_graphs: bool = False  # on CUDA, capture each block's passes in a CUDA graph (maskkv.cache.graphs)
+    # on CUDA, capture each block's passes in a CUDA graph (maskkv.cache.graphs); the tokens are the same,
+    # so it stays out of the repr that run records keep
+    cuda_graphs: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
