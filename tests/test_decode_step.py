@@ -200,7 +200,7 @@ def test_fused_projections_are_views_of_one_matrix_and_match_the_separate_layers
     assert "layers.0.q_proj.weight" in names and not any("fused" in n or "qkv" in n for n in names)
 
 
-def test_replacing_a_projection_refuses_the_stale_fusion(tmp_path):
+def test_replacing_a_projection_fuses_the_weights_again(tmp_path):
     write_tiny_checkpoint(tmp_path / "m", "llada", num_layers=1, seed=3)
     model = load_model(tmp_path / "m")
     ids = _prompt(model, 12)
