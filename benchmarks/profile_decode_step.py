@@ -33,6 +33,11 @@ class _ProfileAfterFirstPass:
     def __init__(self, inner, start) -> None:
         self.inner, self.config, self.start, self.passes = inner, inner.config, start, 0
 
+    def __getattr__(self, name):  # begin_block / end_blocks / static_positions of the denoiser
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def logits_at(self, input_ids, attention_mask, positions):
         with record_function("decode_pass" if self.passes else "first_pass"):
             out = self.inner.logits_at(input_ids, attention_mask, positions)

@@ -27,7 +27,8 @@ ROW_FIELDS = (
     "prompt_kv_padding_bytes", "peak_memory_bytes", "model_memory_bytes", "runtime_memory_bytes",
     "peak_increment_bytes", "tensor_peak_bytes", "memory_measure", "cpu_seconds", "threads", "cpu_utilisation",
     "attempts", "contended",
-    "loadavg_1m", "error",
+    "loadavg_1m", "error", "ops_per_step", "first_pass_peak_bytes", "first_pass_step_peak_bytes",
+    "first_pass_increment_bytes", "captured", "capture_failure",
 )  # fmt: skip
 CONFIG_FIELDS = ("system", "prompt_length", "gen_length", "steps", "block_length", "budget", "batch", "arch",
                  "device", "dtype", "seed", "warmup", "repeats", "max_passes")  # fmt: skip
@@ -73,6 +74,13 @@ def test_quick_json_has_every_field(quick):
         if cached:
             assert set(CACHE_KINDS) <= set(row["cache_bytes"])
             assert row["cache_bytes_match"] is True
+        # issue 23: ops and syncs per decode step, the first pass's memory, nothing captured on a CPU
+        ops = row["ops_per_step"]
+        assert ops["steady_steps"] >= 4 and ops["syncs_per_step_max"] == 0, ops
+        assert 0 < ops["ops_per_layer_per_step"] <= ops["ops_per_layer_per_step_max"]
+        assert row["first_pass_step_peak_bytes"] >= row["first_pass_peak_bytes"] > 0
+        assert row["first_pass_increment_bytes"] == row["first_pass_step_peak_bytes"] - row["model_memory_bytes"]
+        assert row["captured"] is False and row["capture_failure"] is None
         if row["config"]["system"] == "vanilla-ref":  # timed over --ref-steps passes, then extrapolated
             assert row["extrapolated"] and row["timed_passes"] == 2
         else:

@@ -116,3 +116,63 @@ def test_bf16_varlen_path_decodes_like_the_padded_path(name, monkeypatch):
     monkeypatch.setattr("maskkv.cache.engine.varlen_available", lambda q: False)
     padded = maskkv.generate(model, prompt, press=make_press(name, budget=48), **kwargs)
     assert torch.equal(through_varlen.sequences, padded.sequences)
+
+
+# ----- issue 23: the decode step without host syncs, replayed from CUDA graphs ---------------------------
+
+
+def _graphed_and_eager(model, prompt, make_cache, press=None, **kwargs):
+    eager = maskkv.generate(model, prompt, cache=make_cache(False), press=press, **kwargs)
+    denoiser = make_cache(True).bind(model, prompt.shape[1], press=press, block_length=kwargs["block_length"])
+    graphed = maskkv.generate(denoiser, prompt, **kwargs)
+    return eager, graphed, denoiser
+
+
+@pytest.mark.parametrize("system", ["dllm-cache", "maskkv", "adakv", "fast-prefix", "fast-dual"])
+def test_cuda_graph_replay_decodes_like_the_eager_steps(checkpoint, system):
+    """Every steady pass replayed from a CUDA graph (one per kind): the same tokens as the eager passes."""
+    model = load_model(checkpoint, device="cuda", dtype=torch.float32)
+    prompt = _prompt(model.config.vocab_size, 1, 48, seed=4).cuda()
+    kwargs = dict(gen_length=16, steps=16, block_length=8)
+    if system.startswith("fast-"):
+        from maskkv.cache.fast_dllm import FastDLLMCache
+
+        mode = system.removeprefix("fast-")
+        eager, graphed, denoiser = _graphed_and_eager(
+            model, prompt, lambda g: FastDLLMCache(mode, cuda_graphs=g), **kwargs
+        )
+    else:
+        press = None if system == "dllm-cache" else make_press(system, budget=12)
+        eager, graphed, denoiser = _graphed_and_eager(
+            model, prompt, lambda g: DLLMCache(cuda_graphs=g), press, **kwargs
+        )
+    assert denoiser.static_positions and denoiser.graphs.captures >= 1 and denoiser.graphs.replays >= 8
+    assert torch.equal(graphed.sequences, eager.sequences)
+
+
+def test_cuda_graph_replay_in_bf16_with_ragged_heads():
+    """The bundled model in bf16, MaskKV's unequal head budgets (ragged storage, varlen kernel): same tokens."""
+    path = shipped_model_path()
+    model = load_model(path, device="cuda", dtype=torch.bfloat16)
+    tokenizer = maskkv.load_tokenizer(str(path))
+    sample = heldout_samples(make_heldout_builder(tokenizer, filler="synthetic"), "multikey", 768, 1)[0]
+    prompt = prompt_ids(tokenizer, sample.content).cuda()
+    kwargs = dict(gen_length=16, steps=16, block_length=16)
+    eager, graphed, denoiser = _graphed_and_eager(
+        model, prompt, lambda g: DLLMCache(cuda_graphs=g), make_press("maskkv", budget=48), **kwargs
+    )
+    assert denoiser.graphs.replays >= 8
+    assert torch.equal(graphed.sequences, eager.sequences)
+
+
+def test_no_host_sync_in_a_cuda_decode_step(checkpoint):
+    """The dispatch-mode count on the GPU itself: no op of a steady step reads the device on the host."""
+    from maskkv.bench.opcount import count_decode_steps
+
+    model = load_model(checkpoint, device="cuda", dtype=torch.float32)
+    prompt = _prompt(model.config.vocab_size, 1, 64, seed=6).cuda()
+    denoiser = DLLMCache().bind(model, 64, press=make_press("maskkv", budget=16), block_length=16)
+    _, counts = count_decode_steps(
+        denoiser, lambda m: maskkv.generate(m, prompt, gen_length=16, steps=16, block_length=16)
+    )
+    assert counts.summary()["syncs_per_step_max"] == 0, counts.summary()["sync_ops"]

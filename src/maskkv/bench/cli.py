@@ -83,6 +83,11 @@ def parse_lengths(text: str) -> list[int]:
                    "threads' CPU time (another process competing); the best-served attempt is kept.")
 @click.option("--timeout", type=float, default=3600.0, show_default=True,
               help="Seconds allowed per configuration (isolated runs).")
+@click.option("--cuda-graphs", is_flag=True,
+              help="Cache systems (dLLM-Cache, MaskKV, the presses, Fast-dLLM) replay their steady decode passes "
+                   "from CUDA graphs (CUDA only); the rows say which ran captured.")
+@click.option("--count-ops/--no-count-ops", default=True, show_default=True,
+              help="Count aten ops and host syncs per decode step (an extra untimed run of 6 passes per row).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights, prompts and sampler.")
 @click.option("--quick", is_flag=True,
               help="Small grid in well under a minute: llada-tiny, prompts 128 256, gen/steps/block 8, budget 32, "
@@ -210,6 +215,7 @@ def _grid(options: dict[str, Any]) -> tuple[list[BenchConfig], dict[str, Any]]:
                 arch=options["arch"], model_path=options["model_path"], device=device, dtype=dtype,
                 seed=options["seed"], warmup=options["warmup"], repeats=options["repeats"],
                 max_passes=limit or None, profile=options["profile_path"], threads=options["threads"],
+                count_ops=options["count_ops"], cuda_graphs=options["cuda_graphs"],
             ))  # fmt: skip
     settings = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()},
                 "lengths": lengths, "systems": systems, "device": device, "dtype": dtype, "isolate": isolate,

@@ -158,6 +158,11 @@ def _mib(n: int | None) -> str:
     return "-" if n is None else f"{n / MIB:,.1f}"
 
 
+def _ops(ops: dict[str, Any] | None, key: str) -> str:
+    value = None if not ops else ops.get(key)
+    return "-" if value is None else f"{value:.0f}" if isinstance(value, float) else str(value)
+
+
 def _ms(s: float | None) -> str:
     return "-" if s is None else f"{1000 * s:,.1f}"
 
@@ -166,7 +171,7 @@ def results_table(rows: list[dict[str, Any]], title: str = "maskkv bench") -> Ta
     """One line per configuration; ``*`` marks times extrapolated from the first passes."""
     table = Table(title=title, header_style="bold")
     for name in ("system", "prompt", "tok/s", "x van.", "1st pass ms", "step ms", "NFE", "cache MiB",
-                 "prompt KV MiB", "kept", "peak MiB", "model MiB"):
+                 "prompt KV MiB", "kept", "peak MiB", "model MiB", "1st+step +MiB", "ops/layer", "syncs"):
         table.add_column(name, justify="left" if name == "system" else "right", no_wrap=True)
     vanilla = {r["config"]["prompt_length"]: r["tokens_per_s"] for r in rows
                if r["config"]["system"] == "vanilla" and not r.get("error")}  # fmt: skip
@@ -187,6 +192,8 @@ def results_table(rows: list[dict[str, Any]], title: str = "maskkv bench") -> Ta
             "-" if not base else f"{r['tokens_per_s'] / base:.1f}", _ms(r["first_pass_s"]),
             _ms(r["decode_step_mean_s"]) + star, str(r["nfe"]), _mib(cache.get("total")),
             _mib(cache.get("prompt_kv")), kept, _mib(r.get("peak_memory_bytes")), _mib(r.get("model_memory_bytes")),
+            _mib(r.get("first_pass_increment_bytes")), _ops(r.get("ops_per_step"), "ops_per_layer_per_step_max"),
+            _ops(r.get("ops_per_step"), "syncs_per_step_max"),
         )  # fmt: skip
     return table
 
@@ -238,7 +245,10 @@ CSV_METRICS = ("seconds", "tokens_per_s", "extrapolated", "timed_passes", "first
                "decode_step_median_s", "nfe", "sampler_overhead_s", "cpu_seconds", "threads", "cpu_utilisation",
                "contended", "attempts", "loadavg_1m", "peak_memory_bytes", "model_memory_bytes",
                "runtime_memory_bytes", "peak_increment_bytes", "tensor_peak_bytes", "memory_measure", "cache_bytes_match",
-               "prompt_kv_logical_bytes", "prompt_kv_padding_bytes", "error")  # fmt: skip
+               "prompt_kv_logical_bytes", "prompt_kv_padding_bytes", "first_pass_peak_bytes",
+               "first_pass_step_peak_bytes", "first_pass_increment_bytes", "captured", "capture_failure", "error")  # fmt: skip
+OPS_METRICS = ("ops_per_step_mean", "ops_per_step_max", "ops_per_layer_per_step", "ops_per_layer_per_step_max",
+               "syncs_per_step_mean", "syncs_per_step_max", "syncs_outside_steps")  # fmt: skip
 CACHE_KINDS = ("prompt_kv", "response_kv", "response_features", "prompt_features", "total", "peak",
                "kept_prompt_pairs", "prompt_pairs")  # fmt: skip
 
@@ -257,6 +267,9 @@ def write_csv(document: dict[str, Any], path: Path) -> None:
         cache = row.get("cache_bytes") or {}
         for kind in CACHE_KINDS:
             line[f"cache_{kind}"] = cache.get(kind)
+        ops = row.get("ops_per_step") or {}
+        for key in OPS_METRICS:
+            line[key] = ops.get(key)
         lines.append(line)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(lines[0]) if lines else ["system"])

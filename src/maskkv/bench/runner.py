@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ from ..cache.dllm_cache import DLLMCache
 from ..models.config import ModelConfig
 from ..sampling.generate import generate
 from .architectures import architecture_config, build_random_model, parameter_count
+from .opcount import count_decode_steps
 from .systems import SYSTEMS, PassTimer, StopTiming
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -58,6 +59,8 @@ class BenchConfig:
     max_passes: int | None = None  # time only the first N passes, extrapolate the rest
     profile: str | None = None  # MaskKV offline layer profile
     threads: int | None = None  # torch.set_num_threads in the measuring process
+    count_ops: bool = True  # count aten ops and host syncs per decode step (an extra untimed run)
+    cuda_graphs: bool = False  # cache systems replay their steady passes from CUDA graphs (CUDA only)
 
     def __post_init__(self) -> None:
         if self.system not in SYSTEMS:
@@ -105,6 +108,36 @@ def current_rss() -> int:
         return peak_rss()
 
 
+def reset_peak_memory(device: str) -> bool:
+    """Start a new peak: CUDA's allocated peak, or on Linux the process's peak RSS (``VmHWM``, through
+    ``/proc/self/clear_refs``). False where the CPU peak cannot be reset."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_since_reset(device: str) -> int | None:
+    """CUDA: ``max_memory_allocated``; CPU: ``VmHWM`` (peak RSS since :func:`reset_peak_memory`), bytes."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss() -> int:
     """Peak resident set size of this process, in bytes (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -126,19 +159,24 @@ class RunRecord:
     extrapolated: bool
     sequences: torch.Tensor | None = None
     cache: Any = None  # the bound CachedDenoiser, if any
+    memory_peaks: list[int | None] = field(default_factory=list)  # peak after pass 1 and pass 2 (since a reset)
 
 
 def run_once(model: Any, config: BenchConfig, prompt: torch.Tensor, *, max_passes: int | None = None,
-             profile: str | None = None) -> RunRecord:  # fmt: skip
+             profile: str | None = None, memory: bool = False) -> RunRecord:  # fmt: skip
     """One ``generate`` call of ``config``'s system on ``prompt`` with every pass timed.
 
-    ``profile``: MaskKV layer profile to use instead of ``config.profile``.
+    ``profile``: MaskKV layer profile to use instead of ``config.profile``. ``memory``: reset the peak
+    memory before the call and record it after the first pass and after the first decode step.
     """
     system = SYSTEMS[config.system]
-    cache = system.make_cache()
+    cache = system.make_cache(config.cuda_graphs)
     press = system.make_press(config.budget, profile or config.profile)
     inner = model if cache is None else cache.bind(model, prompt.shape[1], press=press, block_length=config.block_length)
-    timer = PassTimer(inner, reference_logits=system.reference_logits, max_passes=max_passes)
+    read = None
+    if memory and reset_peak_memory(config.device):
+        read = lambda: peak_memory_since_reset(config.device)  # noqa: E731
+    timer = PassTimer(inner, reference_logits=system.reference_logits, max_passes=max_passes, memory=read)
     torch.manual_seed(config.seed)
     cpu_start, wall_start = time.process_time(), time.perf_counter()
     denoiser = None if cache is None else inner
@@ -150,9 +188,30 @@ def run_once(model: Any, config: BenchConfig, prompt: torch.Tensor, *, max_passe
         decode = statistics.fmean(passes[1:]) if len(passes) > 1 else passes[0]
         seconds = passes[0] + decode * (config.steps - 1)
         cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
-        return RunRecord(seconds, cpu, wall, passes, config.steps, True, None, denoiser)
+        return RunRecord(seconds, cpu, wall, passes, config.steps, True, None, denoiser, timer.memory_peaks)
     cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
-    return RunRecord(out.seconds, cpu, wall, timer.seconds, out.nfe, False, out.sequences, denoiser)
+    return RunRecord(out.seconds, cpu, wall, timer.seconds, out.nfe, False, out.sequences, denoiser, timer.memory_peaks)
+
+
+COUNTED_PASSES = 6  # the first pass, four V-verify steps and one response refresh (dLLM-Cache's T_r = 5)
+
+
+def count_step_ops(model: Any, config: BenchConfig, prompt: torch.Tensor, profile: str | None = None) -> dict[str, Any]:
+    """Aten ops and host syncs per decode step (:mod:`maskkv.bench.opcount`), over an untimed run of
+    ``config``'s system stopped after :data:`COUNTED_PASSES` passes; the sampler's work is included."""
+    system = SYSTEMS[config.system]
+    cache = system.make_cache(config.cuda_graphs)
+    press = system.make_press(config.budget, profile or config.profile)
+    inner = model if cache is None else cache.bind(model, prompt.shape[1], press=press, block_length=config.block_length)
+    timer = PassTimer(inner, reference_logits=system.reference_logits, max_passes=COUNTED_PASSES)
+    torch.manual_seed(config.seed)
+    _, counts = count_decode_steps(
+        timer,
+        lambda m: generate(m, prompt, gen_length=config.gen_length, steps=config.steps, block_length=config.block_length),
+        block_first_pass=system.fast_dllm is not None,
+        stop=StopTiming,
+    )  # fmt: skip
+    return {"counted_passes": COUNTED_PASSES, **counts.summary()}
 
 
 def calibrate_random_profile(model: Any, config: BenchConfig, folder: str) -> str:
@@ -266,8 +325,10 @@ def measure(config: BenchConfig, model: Any | None = None) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
         for _ in range(config.warmup):
             run_once(model, config, prompt, max_passes=config.max_passes, profile=profile)
-        runs = [run_once(model, config, prompt, max_passes=config.max_passes, profile=profile)
+        peak_before = peak_rss()  # the timed runs reset the peak RSS (first-pass memory): keep the earlier one
+        runs = [run_once(model, config, prompt, max_passes=config.max_passes, profile=profile, memory=True)
                 for _ in range(config.repeats)]  # fmt: skip
+        ops = count_step_ops(model, config, prompt, profile) if config.count_ops else None
     if cuda:
         torch.cuda.synchronize()
 
@@ -290,7 +351,7 @@ def measure(config: BenchConfig, model: Any | None = None) -> dict[str, Any]:
     elif shared_model:
         peak, baseline, note = None, model_rss, "not measured: in-process CPU run (use --isolate)"
     else:
-        peak, baseline, note = peak_rss(), model_rss, "peak RSS of a fresh process (ru_maxrss)"
+        peak, baseline, note = max(peak_before, peak_rss()), model_rss, "peak RSS of a fresh process (ru_maxrss)"
     tokens = config.batch * config.gen_length
     return {
         "config": asdict(config),
@@ -323,6 +384,16 @@ def measure(config: BenchConfig, model: Any | None = None) -> dict[str, Any]:
         "prompt_kv_logical_bytes": logical,
         "prompt_kv_padding_bytes": None if logical is None else cache_bytes["prompt_kv"] - logical,
         **layout,
+        "ops_per_step": ops,
+        "captured": bool(denoiser is not None and getattr(denoiser, "graphs", None) and denoiser.graphs.replays),
+        "capture_failure": None if denoiser is None or not getattr(denoiser, "graphs", None) else denoiser.graphs.failure,
+        # peak since a reset just before the timed run, read after its first pass and after one decode step
+        "first_pass_peak_bytes": last.memory_peaks[0] if last.memory_peaks else None,
+        "first_pass_step_peak_bytes": last.memory_peaks[-1] if last.memory_peaks else None,
+        "first_pass_increment_bytes": (
+            None if not last.memory_peaks or last.memory_peaks[-1] is None or baseline is None
+            else last.memory_peaks[-1] - baseline
+        ),
         "peak_memory_bytes": peak,
         "model_memory_bytes": baseline,
         "runtime_memory_bytes": None if cuda or shared_model else runtime_rss,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -48,10 +48,11 @@ class System:
     offline: bool = False  # MaskKV with an offline layer profile (layer-by-layer eviction in the first pass)
     description: str = field(default="", compare=False)
 
-    def make_cache(self) -> DLLMCache | FastDLLMCache | None:
+    def make_cache(self, cuda_graphs: bool = False) -> DLLMCache | FastDLLMCache | None:
+        """The system's cache policy; ``cuda_graphs``: replay its steady passes from CUDA graphs (on CUDA)."""
         if self.fast_dllm is not None:
-            return FastDLLMCache(self.fast_dllm)
-        return None if self.cache is None else DLLMCache(**self.cache)
+            return FastDLLMCache(self.fast_dllm, cuda_graphs=cuda_graphs)
+        return None if self.cache is None else DLLMCache(**self.cache, cuda_graphs=cuda_graphs)
 
     def make_press(self, budget: int, profile: str | None = None) -> Press | None:
         if self.press is None:
@@ -134,13 +135,25 @@ class PassTimer:
     CUDA is synchronised around each pass so the times are the device's.
     """
 
-    def __init__(self, inner: Any, *, reference_logits: bool = False, max_passes: int | None = None) -> None:
+    def __init__(
+        self, inner: Any, *, reference_logits: bool = False, max_passes: int | None = None,
+        memory: Callable[[], int | None] | None = None, memory_passes: int = 2,
+    ) -> None:  # fmt: skip
+        """``memory``: read after each of the first ``memory_passes`` passes into :attr:`memory_peaks`
+        (e.g. the peak memory since a reset: the first pass and one decode step)."""
         self.inner = inner
         self.config = inner.config
         self.reference_logits = reference_logits
         self.max_passes = max_passes
         self.seconds: list[float] = []
+        self.memory, self.memory_passes = memory, memory_passes
+        self.memory_peaks: list[int | None] = []
         self._cuda = _device_of(inner).type == "cuda"
+
+    def __getattr__(self, name: str) -> Any:  # begin_block / end_blocks of a cached denoiser
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   positions: torch.Tensor) -> torch.Tensor:  # fmt: skip
@@ -156,6 +169,8 @@ class PassTimer:
         if self._cuda:
             torch.cuda.synchronize()
         self.seconds.append(time.perf_counter() - start)
+        if self.memory is not None and len(self.seconds) <= self.memory_passes:
+            self.memory_peaks.append(self.memory())
         return logits
 
 

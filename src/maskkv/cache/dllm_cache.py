@@ -7,7 +7,7 @@ object can serve any number of requests.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..validation import check_number
@@ -53,6 +53,10 @@ class DLLMCache:
         After eviction, store a layer whose KV heads keep different counts flattened (MaskKV D10 b:
         exactly the kept pairs; attention pads them transiently, or packs them for a varlen kernel on
         CUDA). False pads every head to the layer's largest budget (D10 a). The tokens are the same.
+    cuda_graphs: bool = False
+        On CUDA, capture each kind of steady-state pass (V-verify, response refresh) in a CUDA graph and
+        replay it (:mod:`maskkv.cache.graphs`); the sampler then asks for every position of its block so
+        the shapes stay fixed. Ignored on other devices. The tokens are the same as without.
     """
 
     prompt_interval: int = 50
@@ -63,6 +67,7 @@ class DLLMCache:
     layer0_response_refresh: bool = True
     refresh_all_values: bool = True
     ragged_storage: bool = True
+    cuda_graphs: bool = field(default=False, repr=False)  # how it runs, not what it computes: not in run records
 
     def __post_init__(self) -> None:
         for name in ("prompt_interval", "response_interval"):

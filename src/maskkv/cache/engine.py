@@ -19,12 +19,15 @@ and queries are always rotated at their absolute positions (MaskKV D11).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
+from ..models.rope import RopeTable, RotaryPositions
+from ..models.transformer import residual_in_chunks
 from ..presses.base import KeepSet, LayerContext
+from .graphs import StepGraphs, graphs_usable
 from .state import CacheStats, LayerCache, RaggedPrompt
 from .varlen import ragged_attention, varlen_available
 
@@ -76,7 +79,11 @@ class CachedDenoiser:
         self.stats = CacheStats()
         self.passes: list[PassRecord] = []
         # per-request constants, set on the first pass
-        self._cos_sin: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._rope: RotaryPositions | None = None  # every canvas row (tables made per chunk)
+        self._resp_rope: RopeTable | None = None  # the response rows
+        self._block: tuple[int, int] | None = None  # the sampler's current block (begin_block): positions trusted
+        self.graphs: StepGraphs | None = StepGraphs() if policy.cuda_graphs else None  # used on CUDA only
+        self._kind_records: dict[str, PassRecord] = {}
         self._full_bias: torch.Tensor | None = None
         self._prompt_pad_rows: torch.Tensor | None = None  # Dream: [B, P, 1] True at pad rows
         self._prompt_valid: torch.Tensor | None = None  # [B, P] bool, None when unpadded
@@ -85,6 +92,23 @@ class CachedDenoiser:
         self._prompt_stream: torch.Tensor | None = None
 
     # ----- the sampler's interface ---------------------------------------------------------
+
+    def begin_block(self, start: int, end: int) -> None:
+        """The sampler starts the block of canvas positions ``[start, end)``; its positions lie inside it.
+
+        Positions are then not checked on the device (that check reads a device value on the host).
+        """
+        if start < self.prompt_length:
+            raise ValueError(f"block [{start}, {end}) starts inside the {self.prompt_length}-token prompt")
+        self._block = (start, end)
+
+    def reset(self) -> None:
+        """Forget the request (caches, kept sets, passes): the next pass is a first pass again."""
+        self.__init__(self.model, self.policy, self.prompt_length, self.press, kept_attention=self.kept_attention)
+
+    def end_blocks(self) -> None:
+        """The sampler is done: positions of later calls are checked again."""
+        self._block = None
 
     @torch.inference_mode()
     def logits_at(
@@ -101,14 +125,52 @@ class CachedDenoiser:
         refresh_prompt = first or (self.policy.refresh_prompt(self.step) and not self._prompt_frozen)
         refresh_response = first or self.policy.refresh_response(self.step)
         record = PassRecord(self.step, refresh_prompt, refresh_response)
-        if refresh_prompt and refresh_response:
+        self.passes.append(record)
+        if not refresh_prompt:
+            logits = self._steady_pass(input_ids, positions, refresh_response, record)
+            self.stats.observe(self.layers, self._last_prompt_hidden)
+            return logits
+        if self.graphs is not None:
+            self.graphs.clear()  # a prompt refresh may replace the cache tensors the graphs read
+        if refresh_response:
             self._full_pass(input_ids, record)
         else:
             self._partial_pass(input_ids, refresh_prompt, refresh_response, record)
-        self.passes.append(record)
         self.stats.observe(self.layers, self._last_prompt_hidden)
-        if refresh_prompt:  # the kept prompt sets change only here; counting them syncs a GPU
-            self.stats.observe_prompt_pairs(self.layers, self.prompt_length, self._prompt_valid)
+        # the kept prompt sets change only here; counting them syncs a GPU
+        self.stats.observe_prompt_pairs(self.layers, self.prompt_length, self._prompt_valid)
+        return self._project(positions, record)
+
+    @property
+    def static_positions(self) -> bool:
+        """The sampler should ask for every position of its block (fixed shapes for CUDA graphs)."""
+        return self.graphs is not None and graphs_usable(self.model.embed_tokens.weight)
+
+    def _steady_pass(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, refresh_response: bool, record: PassRecord
+    ) -> torch.Tensor:
+        """A pass without prompt refresh, replayed from a CUDA graph of its kind when graphs are on."""
+        if self.graphs is None or not graphs_usable(input_ids):
+            return self.decode_pass(input_ids, positions, refresh_response, record)
+        key = "response" if refresh_response else "transfer"
+        if key in self._kind_records:  # replayed: the rows are those of the captured pass
+            template = self._kind_records[key]
+            record.rows_per_layer, record.projected_rows = list(template.rows_per_layer), template.projected_rows
+        logits = self.graphs.run(
+            key, (input_ids, positions), lambda ids, pos: self.decode_pass(ids, pos, refresh_response, record)
+        )
+        del record.rows_per_layer[len(self.layers) :]  # a capture ran the pass a second time (not executed)
+        self._kind_records[key] = record
+        return logits
+
+    def decode_pass(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, refresh_response: bool,
+        record: PassRecord | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """One steady-state pass (after the first; no prompt refresh): the response rows over the cached
+        K/V, then the logits of ``positions``. Fixed shapes and no host read: what a CUDA graph captures."""
+        record = record if record is not None else PassRecord(self.step, False, refresh_response)
+        self._partial_pass(input_ids, False, refresh_response, record)
         return self._project(positions, record)
 
     @property
@@ -122,7 +184,8 @@ class CachedDenoiser:
         model, p = self.model, self.prompt_length
         length = input_ids.shape[1]
         position_ids = model.default_position_ids(attention_mask, length)
-        self._cos_sin = model.rotary(position_ids)
+        self._rope = model.rope_positions(position_ids)
+        self._resp_rope = self._rope.rows(p, length)
         dtype = model.embed_tokens.weight.dtype
         self._full_bias = model.key_padding_bias(attention_mask, dtype)
         if self._full_bias is not None:
@@ -136,16 +199,6 @@ class CachedDenoiser:
             plan = self.press.plan(self.config, p, self._prompt_valid, input_ids.shape[0])
             self.plan = plan if plan.active else None  # budget >= every prompt: nothing to evict (D8)
 
-    def _rope(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin of the given rows: a slice of the canvas, or per-sample indices ``[B, R]``."""
-        cos, sin = self._cos_sin
-        if isinstance(rows, slice):
-            return cos[:, rows], sin[:, rows]
-        if cos.shape[0] != rows.shape[0]:
-            cos, sin = cos.expand(rows.shape[0], -1, -1), sin.expand(rows.shape[0], -1, -1)
-        index = rows[..., None].expand(-1, -1, cos.shape[-1])
-        return cos.gather(1, index), sin.gather(1, index)
-
     def _full_pass(self, input_ids: torch.Tensor, record: PassRecord) -> None:
         """Every row through every layer, exactly as the uncached model; (re)fills every cache.
 
@@ -155,7 +208,7 @@ class CachedDenoiser:
         that a later pass reads (:meth:`_unread_rows`); its prompt K/V are computed in full.
         """
         model, p, policy = self.model, self.prompt_length, self.policy
-        cos, sin = self._cos_sin
+        chunk = model.row_chunk()
         x = model.embed_tokens(input_ids)
         keep_prompt_features = not policy.prompt_state_exclusion
         scoring = self.plan is not None and not self.plan.keep
@@ -163,35 +216,41 @@ class CachedDenoiser:
         new_layers: list[LayerCache] = []
         row0 = 0  # canvas row of x's first row: > 0 once the last layer drops the rows nobody reads
         for index, layer in enumerate(model.layers):
-            x_in = x
-            q, k, v = layer.qkv(x, cos, sin)
+            q, k, v = layer.qkv_in_chunks(x, self._rope, chunk)
             keep = None if self.plan is None or scoring else self.plan.keep[index]
             if keep is not None and self.plan.press.prompt_refresh == "revote":
                 keep = self.plan.revote(self._context(index, q, k, voters))
             bias = self._full_bias if keep is None or not self.kept_attention else self._kept_only_mask(keep, k.dtype)
             row0 = self._unread_rows(index, scoring)
-            attn = layer.attend(q[:, :, row0:], k, v, bias)
-            if self._prompt_pad_rows is not None and row0 < p:
-                attn[:, : p - row0] = attn[:, : p - row0].masked_fill(self._prompt_pad_rows[:, row0:], 0.0)
-            x = x[:, row0:] + attn
+            keep_from = 0 if keep_prompt_features else p - row0  # the attention/MLP rows the cache stores
+            # The residual adds write into the stream itself (the same sums), unless an online allocation
+            # still reads the layer's input stream (Eq. 8).
+            in_place = not (scoring and self.plan.needs_hidden_states)
+            x_in = x
+            attention = self._attention_rows(layer, q, k, v, bias, row0)
+            x, attn = residual_in_chunks(x[:, row0:], attention, chunk, keep_from, in_place=in_place)
             if scoring:
                 hidden = {} if row0 else {"hidden_in": x_in, "hidden_mid": x}
                 keep = self.plan.after_layer(self._context(index, q, k, voters, **hidden))
-            mlp = layer.mlp(x)
-            x = x + mlp
+            del q, x_in, attention  # this layer's queries and input stream are not needed any more
+            g0 = p - row0 - keep_from  # first response row in the kept rows
             cache = LayerCache(
                 k=k, v=v, prompt_slots=p,
                 prompt_valid=None if self._prompt_valid is None else self._prompt_valid[:, None, :],
-                # clone: a row slice of a [B, T, d] tensor is a view that would keep all T rows alive
-                resp_attn=attn[:, p - row0 :].clone(), resp_mlp=mlp[:, p - row0 :].clone(),
+                resp_attn=attn[:, g0:] if g0 == 0 else attn[:, g0:].clone(),
+                resp_mlp=torch.empty_like(attn[:, g0:]),  # filled below
                 prompt_attn=attn[:, :p].clone() if keep_prompt_features else None,
-                prompt_mlp=mlp[:, :p].clone() if keep_prompt_features else None,
             )  # fmt: skip
+            del k, v, attn
             self.stats.observe([*new_layers, cache], None)  # peak includes this layer's full K/V
             if keep is not None:
-                self._evict(cache, keep)
+                self._evict(cache, keep)  # the full prompt K/V are released here, before the MLP
             else:
                 cache.attn_mask = self._mask_for(cache)
+            x, mlp = layer.mlp_in_chunks(x, chunk, keep_from, in_place=True)
+            cache.resp_mlp = mlp[:, g0:] if g0 == 0 else mlp[:, g0:].clone()
+            cache.prompt_mlp = mlp[:, :p].clone() if keep_prompt_features else None
+            del mlp
             new_layers.append(cache)
             record.rows_per_layer.append(x.shape[1])
         self.layers = new_layers
@@ -202,6 +261,23 @@ class CachedDenoiser:
         self._prompt_stream = x[:, :p] if not policy.mask_only_projection else None
         if self.config.logits_shift:
             self._last_prompt_hidden = x[:, p - 1 - row0 : p - row0].clone()
+
+    def _attention_rows(
+        self, layer: DecoderBlock, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
+        row0: int,
+    ) -> Callable[[int, int], torch.Tensor]:
+        """``branch(start, stop)``: attention output of query rows ``row0 + start .. row0 + stop`` (Dream's
+        padded prompt rows zeroed), for :func:`residual_in_chunks`."""
+        p, pad_rows = self.prompt_length, self._prompt_pad_rows
+
+        def branch(start: int, stop: int) -> torch.Tensor:
+            attn = layer.attend(q[:, :, row0 + start : row0 + stop], k, v, bias)
+            if pad_rows is not None and row0 + start < p:
+                padded = min(row0 + stop, p) - row0 - start
+                attn[:, :padded] = attn[:, :padded].masked_fill(pad_rows[:, row0 + start : row0 + start + padded], 0.0)
+            return attn
+
+        return branch
 
     def _unread_rows(self, index: int, scoring: bool = False) -> int:
         """How many leading canvas rows need no output at layer ``index`` (their K/V are computed anyway).
@@ -262,7 +338,7 @@ class CachedDenoiser:
         """Mask over a full ``[prompt | response]`` key set that hides evicted prompt keys per head."""
         p = self.prompt_length
         b, h_kv = keep.indices.shape[:2]
-        g = self._cos_sin[0].shape[1] - p
+        g = self._rope.length - p
         prompt = torch.zeros(b, h_kv, p, dtype=torch.bool, device=keep.indices.device)
         prompt.scatter_(2, keep.indices, keep.valid)
         valid = torch.cat([prompt, prompt.new_ones(b, h_kv, g)], dim=2)
@@ -277,7 +353,7 @@ class CachedDenoiser:
         prompt_carried = refresh_prompt or not policy.prompt_state_exclusion
         x_prompt = model.embed_tokens(input_ids[:, :p]) if prompt_carried else None
         transfer = int(x_resp.shape[1] * policy.transfer_ratio)
-        voters = input_ids[:, p:] == self.config.mask_token_id
+        voters = input_ids[:, p:] == self.config.mask_token_id if refresh_prompt else None
         for index, (layer, cache) in enumerate(zip(model.layers, self.layers)):
             if refresh_response or (index == 0 and policy.layer0_response_refresh):
                 mode = "all"
@@ -306,49 +382,52 @@ class CachedDenoiser:
         ``all``: every response row (rows None). ``transfer``: V-verify (``dllm_cache.md`` 5) picks
         the ``transfer`` rows with the lowest cosine similarity between fresh and cached V.
         ``none``: no response query.
+
+        One fused q/k/v GEMM runs on every response row in both modes (a row's result does not depend
+        on the other rows, so V-verify's chosen rows get the same q/k/v as when projected alone); the
+        chosen rows are then gathered. Every shape is fixed by the block: no host synchronisation.
         """
-        p = self.prompt_length
         if mode == "none":
             return None, None
-        if mode == "all":
-            cos, sin = self._rope(slice(p, None))
-            q, k, v = layer.qkv(x_resp, cos, sin)
-            cache.resp_k.copy_(k)
-            cache.resp_v.copy_(v)
-            return q, None
         cfg = self.config
-        b, g, _ = x_resp.shape
-        h = layer.attn_norm(x_resp)
-        v_new = layer.v_proj(h).view(b, g, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v_old = cache.resp_v
-        similarity = F.cosine_similarity(v_new.transpose(1, 2).reshape(b, g, -1), v_old.transpose(1, 2).reshape(b, g, -1), dim=-1)
+        h, h_kv = cfg.num_heads, cfg.num_kv_heads
+        rows_qkv = layer.project_rows(layer.attn_norm(x_resp), self._resp_rope)  # [B, G, H + 2 Hkv, hd]
+        if mode == "all":
+            heads = rows_qkv.transpose(1, 2)
+            cache.resp_k.copy_(heads.narrow(1, h, h_kv))
+            cache.resp_v.copy_(heads.narrow(1, h + h_kv, h_kv))
+            return heads.narrow(1, 0, h), None
+        b, g = x_resp.shape[:2]
+        v_new = rows_qkv.narrow(2, h + h_kv, h_kv)  # [B, G, Hkv, hd]
+        v_old = cache.resp_v.transpose(1, 2)
+        similarity = F.cosine_similarity(v_new.reshape(b, g, -1), v_old.reshape(b, g, -1), dim=-1)
         rows = similarity.topk(transfer, dim=1, largest=False).indices  # [B, R]
-        h_sel = h.gather(1, rows[..., None].expand(-1, -1, h.shape[-1]))
-        cos, sin = self._rope(rows + p)
-        q_sel, k_sel, v_sel = layer.project_qkv(h_sel, cos, sin)
-        head_index = rows[:, None, :, None].expand(-1, cfg.num_kv_heads, -1, cfg.head_dim)
-        cache.resp_k.scatter_(2, head_index, k_sel)
+        picked = rows_qkv.gather(1, rows.view(b, transfer, 1, 1).expand(-1, -1, *rows_qkv.shape[2:]))
+        heads = picked.transpose(1, 2)  # [B, H + 2 Hkv, R, hd]
+        head_index = rows.view(b, 1, transfer, 1).expand(-1, h_kv, -1, cfg.head_dim)
+        cache.resp_k.scatter_(2, head_index, heads.narrow(1, h, h_kv))
         if self.policy.refresh_all_values:
-            cache.resp_v.copy_(v_new)
+            cache.resp_v.copy_(v_new.transpose(1, 2))
         else:
-            cache.resp_v.scatter_(2, head_index, v_sel)
-        return q_sel, rows
+            cache.resp_v.scatter_(2, head_index, heads.narrow(1, h + h_kv, h_kv))
+        return heads.narrow(1, 0, h), rows
 
     def _finish_response(
         self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, attn: torch.Tensor | None,
         rows: torch.Tensor | None,
     ) -> torch.Tensor:
         """Store the fresh attention output(s), run the MLP on the same rows, return the new stream."""
-        if attn is not None and rows is None:
+        if attn is None:
+            return x_resp + cache.resp_attn + cache.resp_mlp
+        if rows is None:
             cache.resp_attn.copy_(attn)
-        elif attn is not None:
-            cache.resp_attn.scatter_(1, rows[..., None].expand(-1, -1, attn.shape[-1]), attn)
-        x_mid = x_resp + cache.resp_attn
-        if attn is not None and rows is None:
+            x_mid = x_resp + attn
             cache.resp_mlp.copy_(layer.mlp(x_mid))
-        elif attn is not None:
-            index = rows[..., None].expand(-1, -1, x_mid.shape[-1])
-            cache.resp_mlp.scatter_(1, index, layer.mlp(x_mid.gather(1, index)))
+            return x_mid + cache.resp_mlp
+        index = rows.view(*rows.shape, 1).expand(-1, -1, x_resp.shape[-1])
+        cache.resp_attn.scatter_(1, index, attn)
+        x_mid = x_resp + cache.resp_attn
+        cache.resp_mlp.scatter_(1, index, layer.mlp(x_mid.gather(1, index)))
         return x_mid + cache.resp_mlp
 
     def _response_layer(
@@ -364,8 +443,7 @@ class CachedDenoiser:
         voters: torch.Tensor,
     ) -> LayerContext:
         """Scoring context of a prompt refresh: fresh prompt queries, every response query, all keys."""
-        cos, sin = self._rope(slice(self.prompt_length, None))
-        q_r = layer.qkv(x_resp, cos, sin)[0]
+        q_r = layer.qkv(x_resp, self._resp_rope)[0]
         return self._context(index, torch.cat([q_p, q_r], dim=2), cache.k, voters)
 
     def _layer_with_prompt(
@@ -374,8 +452,8 @@ class CachedDenoiser:
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Prompt refresh at one layer: fresh prompt K/V, prompt queries plus the response queries."""
         p = self.prompt_length
-        cos, sin = self._rope(slice(0, p))
-        q_p, k_p, v_p = layer.qkv(x_prompt, cos, sin)
+        chunk = self.model.row_chunk()
+        q_p, k_p, v_p = layer.qkv_in_chunks(x_prompt, self._rope.rows(0, p), chunk)
         q_r, rows = self._response_queries(layer, cache, x_resp, mode, transfer)
         keep = None if self.plan is None else self.plan.keep.get(index)
         cache.replace_prompt(k_p, v_p, None if self._prompt_valid is None else self._prompt_valid[:, None, :])
@@ -399,10 +477,10 @@ class CachedDenoiser:
         attn_p, attn_r = attn[:, :rows_p], (None if q_r is None else attn[:, rows_p:])
         if self._prompt_pad_rows is not None:
             attn_p = attn_p.masked_fill(self._prompt_pad_rows[:, skip:], 0.0)
-        x_prompt = x_prompt + attn_p
-        mlp_p = layer.mlp(x_prompt)
-        x_prompt = x_prompt + mlp_p
-        if not self.policy.prompt_state_exclusion:
+        x_mid = x_prompt + attn_p
+        keep_features = not self.policy.prompt_state_exclusion
+        x_prompt, mlp_p = layer.mlp_in_chunks(x_mid, chunk, 0 if keep_features else None)
+        if keep_features:
             cache.prompt_attn, cache.prompt_mlp = attn_p, mlp_p
         x_resp = self._finish_response(layer, cache, x_resp, attn_r, rows)
         return x_prompt, x_resp, q.shape[2]
@@ -427,7 +505,7 @@ class CachedDenoiser:
         """Final norm + LM head on the rows that predict ``positions`` (mask-only projection)."""
         p = self.prompt_length
         rows = positions - 1 if self.config.logits_shift else positions
-        if bool((rows < p).any()):
+        if self._block is None and bool((rows < p).any()):  # a sampler that announced its block is trusted
             lowest = p - 1 if self.config.logits_shift else p
             if self._last_prompt_hidden is None or bool((rows < lowest).any()):
                 raise ValueError(

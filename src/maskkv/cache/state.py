@@ -75,13 +75,25 @@ class LayerCache:
     attn_mask: torch.Tensor | None = field(default=None, repr=False)  # derived from prompt_valid
     ragged: RaggedPrompt | None = None  # the kept prompt K/V, flattened (then prompt_slots == 0)
 
+    _views: tuple = field(default=(), repr=False, compare=False)  # (k, v, slots, resp_k, resp_v) memo
+
+    def _response_views(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The response rows of ``k``/``v`` as views, made once per buffer (no op in a decode step)."""
+        memo = self._views
+        if not memo or memo[0] is not self.k or memo[1] is not self.v or memo[2] != self.prompt_slots:
+            s = self.prompt_slots
+            g = self.k.shape[2] - s
+            memo = (self.k, self.v, s, self.k.narrow(2, s, g), self.v.narrow(2, s, g))
+            self._views = memo
+        return memo[3], memo[4]
+
     @property
     def resp_k(self) -> torch.Tensor:
-        return self.k[:, :, self.prompt_slots :]
+        return self._response_views()[0]
 
     @property
     def resp_v(self) -> torch.Tensor:
-        return self.v[:, :, self.prompt_slots :]
+        return self._response_views()[1]
 
     def replace_prompt(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> None:
         """Put new prompt K/V ``[B, Hkv, S', hd]`` in front of the (current) response K/V."""
@@ -89,15 +101,17 @@ class LayerCache:
             self.k[:, :, : self.prompt_slots].copy_(k)
             self.v[:, :, : self.prompt_slots].copy_(v)
         else:
-            self.k = torch.cat([k, self.resp_k], dim=2)
-            self.v = torch.cat([v, self.resp_v], dim=2)
+            resp_k, resp_v = self._response_views()
+            self.k = torch.cat([k, resp_k], dim=2)
+            self.v = torch.cat([v, resp_v], dim=2)
             self.prompt_slots = k.shape[2]
         self.prompt_valid = valid
         self.ragged = None
 
     def store_ragged(self, prompt: RaggedPrompt) -> None:
         """Hold ``prompt`` as the kept prompt K/V; ``k``/``v`` keep only the response rows."""
-        self.k, self.v = self.resp_k.clone(), self.resp_v.clone()
+        resp_k, resp_v = self._response_views()
+        self.k, self.v = resp_k.clone(), resp_v.clone()
         self.prompt_slots = 0
         self.prompt_valid = None
         self.ragged = prompt

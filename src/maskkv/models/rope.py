@@ -8,6 +8,8 @@ arbitrary (cached, evicted) positions cost nothing extra.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -44,3 +46,74 @@ def apply_rotary(
         return (t32 * cos + rotate_half(t32) * sin).to(t.dtype)
     cos, sin = cos.to(t.dtype), sin.to(t.dtype)
     return t * cos + rotate_half(t) * sin
+
+
+@dataclass(frozen=True)
+class RopeTable:
+    """RoPE factors laid out for projection rows ``[B, T, heads, hd]``: ``cos`` and a sign-folded ``sin``.
+
+    ``sin`` holds ``concat(-sin[:d/2], sin[d/2:])``, so ``rotate_half(t) * sin_plain`` equals
+    ``roll(t, d/2) * sin`` bit for bit (negation is exact): one ``roll`` replaces two slices, a negation
+    and a concatenation. Both are ``[B or 1, T, 1, hd]``, fp32 for LLaDA's fp32 rotation, else in the
+    dtype the rotation runs in (Dream casts ``cos/sin`` to the activations' dtype, ``models.md`` 3.4).
+    """
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    in_fp32: bool
+
+    @classmethod
+    def build(cls, cos: torch.Tensor, sin: torch.Tensor, *, in_fp32: bool, dtype: torch.dtype) -> RopeTable:
+        """From :func:`rotary_cos_sin`'s ``[B or 1, T, hd]`` fp32 tables."""
+        half = sin.shape[-1] // 2
+        signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+        if not in_fp32:
+            cos, signed = cos.to(dtype), signed.to(dtype)
+        return cls(cos.unsqueeze(2), signed.unsqueeze(2), in_fp32)
+
+    def rows(self, start: int, stop: int) -> RopeTable:
+        """The table of canvas rows ``[start, stop)``."""
+        return RopeTable(self.cos[:, start:stop], self.sin[:, start:stop], self.in_fp32)
+
+    def take(self, rows: torch.Tensor) -> RopeTable:
+        """The table of per-sample rows ``rows [B, R]`` (int64 canvas positions)."""
+        cos, sin = self.cos, self.sin
+        if cos.shape[0] != rows.shape[0]:
+            cos, sin = cos.expand(rows.shape[0], -1, -1, -1), sin.expand(rows.shape[0], -1, -1, -1)
+        index = rows[:, :, None, None].expand(-1, -1, 1, cos.shape[-1])
+        return RopeTable(cos.gather(1, index), sin.gather(1, index), self.in_fp32)
+
+    def rotate_(self, t: torch.Tensor) -> torch.Tensor:
+        """Rotate ``t [B, T, heads, hd]`` in place (a view is fine) and return it.
+
+        The same arithmetic as :func:`apply_rotary`: ``t*cos + rotate_half(t)*sin``, in fp32 then one
+        cast back (``in_fp32``), or in ``t``'s dtype.
+        """
+        source = t.float() if self.in_fp32 and t.dtype != torch.float32 else t
+        rotated = source * self.cos
+        rolled = torch.roll(source, t.shape[-1] // 2, -1) * self.sin
+        if (t.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+            return t.copy_(rotated + rolled)  # training (autograd) or tracing (no strided out=): a copy
+        return torch.add(rotated, rolled, out=t)
+
+
+@dataclass(frozen=True)
+class RotaryPositions:
+    """The positions of a canvas, whose :class:`RopeTable` rows are made on demand (``rows(start, stop)``).
+
+    A long pass builds the tables chunk by chunk instead of holding ``[T, hd]`` cos/sin tables for the
+    whole prompt; the values are the same (:func:`rotary_cos_sin` is elementwise per position).
+    """
+
+    positions: torch.Tensor  # [B or 1, T] int64
+    inv_freq: torch.Tensor
+    in_fp32: bool
+    dtype: torch.dtype
+
+    @property
+    def length(self) -> int:
+        return self.positions.shape[1]
+
+    def rows(self, start: int, stop: int) -> RopeTable:
+        cos, sin = rotary_cos_sin(self.positions[:, start:stop], self.inv_freq)
+        return RopeTable.build(cos, sin, in_fp32=self.in_fp32, dtype=self.dtype)

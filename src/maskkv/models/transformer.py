@@ -11,18 +11,27 @@ Numerics follow ``models.md`` 2.4 (LLaDA) and 3.3 (Dream).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .rope import apply_rotary, inverse_frequencies, rotary_cos_sin
+from .rope import RopeTable, RotaryPositions, inverse_frequencies, rotary_cos_sin
 
 # Below this many rows, fp32 CPU logits against a dense LM head are computed as ``W @ x^T``: MKL's
 # kernel for the usual ``x @ W^T`` orientation is 2-4x slower for 1-11 rows against a 126k-row head
 # (docs/performance.md). A packed head (:class:`PackedLMHead`) is faster still.
 SKINNY_LM_HEAD_ROWS = 11
+# Row-wise work of long passes (the cache's first pass and prompt refreshes) runs in chunks whose widest
+# transient (the MLP's gate/up output) stays near this many bytes: small on a CPU, where memory is what a
+# long prompt runs out of; larger on a GPU, where each chunk costs kernel launches (LLaDA-8B: 2,730 rows).
+ROW_CHUNK_BYTES = 8 * 2**20
+GPU_ROW_CHUNK_BYTES = 128 * 2**20
+MIN_ROW_CHUNK = 256
+QKV = ("q_proj", "k_proj", "v_proj")  # fused into one GEMM for inference (DecoderBlock.fused_weights)
+GATE_UP = ("gate_proj", "up_proj")
 
 
 def lm_head_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -119,13 +128,25 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):  # training: the formula
+            x32 = x.float()
+            y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+            return self.weight * y.to(x.dtype)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # One fused op; on fp32 it computes exactly ``weight * (x * rsqrt(mean(x^2) + eps))``
+            # (bit-identical on CPU: tests/test_decode_step.py::test_fused_rmsnorm_is_the_reference_in_fp32).
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        y = F.rms_norm(x.float(), self.weight.shape, None, self.eps)  # fp32 statistics, then the reference's casts
         return self.weight * y.to(x.dtype)
 
 
 class DecoderBlock(nn.Module):
-    """One pre-norm block. The pieces are separate methods so caches can run them on row subsets."""
+    """One pre-norm block. The pieces are separate methods so caches can run them on row subsets.
+
+    The q/k/v projections (and gate/up) stay separate ``nn.Linear`` modules, so parameter names, state
+    dicts, checkpoints and training are unchanged; for inference their weights are views of one fused
+    matrix (:meth:`fused_weights`), so each is a single GEMM (bit-identical on CPU, docs/performance.md).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -140,27 +161,94 @@ class DecoderBlock(nn.Module):
         self.gate_proj = nn.Linear(d, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(d, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, d, bias=False)
+        self._fusions: dict[tuple[str, ...], tuple[tuple[int, ...], torch.Tensor, torch.Tensor | None]] = {}
 
-    def qkv(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _apply(self, fn, recurse: bool = True):  # moving / casting gives every parameter its own memory again
+        self._fusions.clear()
+        return super()._apply(fn, recurse)
+
+    def fused_weights(self, names: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One ``[sum of rows, d]`` weight (and bias) stacking the Linear layers ``names``, in order.
+
+        The first call (and any after a layer's parameter was replaced or moved) concatenates them once
+        and makes each layer's ``weight.data`` a row view of the result, so the fused matrix and the
+        layers' parameters are the same memory: no copy is kept, in-place updates of either are seen
+        by both, and the Parameter objects (optimisers, state dicts) stay the same.
+        """
+        cached = self._fusions.get(names)
+        if cached is not None and torch.compiler.is_compiling():  # traced after an eager call fused them
+            return cached[1], cached[2]
+        linears = [getattr(self, name) for name in names]
+        tensors = [t for linear in linears for t in (linear.weight, linear.bias) if t is not None]
+        if cached is not None and cached[0] == tuple(t.data_ptr() for t in tensors):
+            return cached[1], cached[2]
+        with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: training may use them
+            weight = torch.cat([linear.weight for linear in linears])
+            has_bias = all(linear.bias is not None for linear in linears)
+            bias = torch.cat([linear.bias for linear in linears]) if has_bias else None
+            start = 0
+            for linear in linears:
+                stop = start + linear.weight.shape[0]
+                linear.weight.data = weight[start:stop]
+                if bias is not None:
+                    linear.bias.data = bias[start:stop]
+                start = stop
+        tensors = [t for linear in linears for t in (linear.weight, linear.bias) if t is not None]
+        self._fusions[names] = (tuple(t.data_ptr() for t in tensors), weight, bias)
+        return weight, bias
+
+    def _fused_linear(self, h: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor:
+        """``cat([linear(h) for each name], -1)``: one GEMM for inference, separate ones when training."""
+        linears = [getattr(self, name) for name in names]
+        if torch.is_grad_enabled() and any(linear.weight.requires_grad for linear in linears):
+            return torch.cat([linear(h) for linear in linears], dim=-1)
+        weight, bias = self.fused_weights(names)
+        return F.linear(h, weight, bias)
+
+    def qkv(self, x: torch.Tensor, rope: RopeTable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normed projections of the residual stream ``x [B, T, d]``, rotated at their positions.
 
-        Returns ``q [B, H, T, hd]`` and ``k, v [B, Hkv, T, hd]`` (q and k after RoPE).
+        Returns ``q [B, H, T, hd]`` and ``k, v [B, Hkv, T, hd]`` (q and k after RoPE; views of one
+        projection output).
         """
-        return self.project_qkv(self.attn_norm(x), cos, sin)
+        return self.split_heads(self.project_rows(self.attn_norm(x), rope))
 
-    def project_qkv(
-        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project_qkv(self, h: torch.Tensor, rope: RopeTable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`qkv` for rows that are already normed (``h = attn_norm(x)``)."""
+        return self.split_heads(self.project_rows(h, rope))
+
+    def project_rows(self, h: torch.Tensor, rope: RopeTable) -> torch.Tensor:
+        """One q/k/v GEMM of normed rows ``h [B, T, d]`` -> ``[B, T, H + 2 Hkv, hd]``, q and k heads rotated."""
         cfg = self.config
         b, t, _ = h.shape
-        q = self.q_proj(h).view(b, t, cfg.num_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, t, cfg.num_kv_heads, cfg.head_dim).transpose(1, 2)
-        q = apply_rotary(q, cos, sin, in_fp32=cfg.rope_in_fp32)
-        k = apply_rotary(k, cos, sin, in_fp32=cfg.rope_in_fp32)
+        rows = self._fused_linear(h, QKV).view(b, t, cfg.num_heads + 2 * cfg.num_kv_heads, cfg.head_dim)
+        rope.rotate_(rows.narrow(2, 0, cfg.num_heads + cfg.num_kv_heads))
+        return rows
+
+    def split_heads(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``q [B, H, T, hd]``, ``k, v [B, Hkv, T, hd]`` as views of :meth:`project_rows`' output."""
+        heads = rows.transpose(1, 2)
+        h, h_kv = self.config.num_heads, self.config.num_kv_heads
+        return heads.narrow(1, 0, h), heads.narrow(1, h, h_kv), heads.narrow(1, h + h_kv, h_kv)
+
+    def qkv_in_chunks(
+        self, x: torch.Tensor, rope: RopeTable | RotaryPositions, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`qkv` computed ``chunk`` rows at a time into contiguous ``q``, ``k``, ``v`` (the same values).
+
+        The per-chunk projections are the only transient memory; ``k``/``v`` come out in the cache's
+        ``[B, Hkv, T, hd]`` layout and ``q`` can be released on its own.
+        """
+        cfg = self.config
+        b, t, _ = x.shape
+        q = x.new_empty(b, cfg.num_heads, t, cfg.head_dim)
+        k = x.new_empty(b, cfg.num_kv_heads, t, cfg.head_dim)
+        v = torch.empty_like(k)
+        for start, stop in row_chunks(t, chunk):
+            q_c, k_c, v_c = self.qkv(x[:, start:stop], rope.rows(start, stop))
+            q[:, :, start:stop] = q_c
+            k[:, :, start:stop] = k_c
+            v[:, :, start:stop] = v_c
         return q, k, v
 
     def attend(
@@ -185,10 +273,53 @@ class DecoderBlock(nn.Module):
         b, _, tq, _ = out.shape
         return self.o_proj(out.transpose(1, 2).reshape(b, tq, -1))
 
+    def mlp_in_chunks(
+        self, x: torch.Tensor, chunk: int, keep_from: int | None = None, *, in_place: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``x + mlp(x)`` ``chunk`` rows at a time, and the MLP's rows ``keep_from:`` (:func:`residual_in_chunks`)."""
+        rows = lambda start, stop: self.mlp(x[:, start:stop])  # noqa: E731
+        return residual_in_chunks(x, rows, chunk, keep_from, in_place=in_place)
+
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """SiLU-gated MLP on the normed residual stream: ``down(silu(gate(h)) * up(h))``."""
-        h = self.mlp_norm(x)
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        gate, up = self._fused_linear(self.mlp_norm(x), GATE_UP).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+def row_chunks(rows: int, chunk: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of at most ``chunk`` rows covering ``rows``, none of a single row.
+
+    A one-row GEMM takes another kernel path (GEMV) whose sums can differ in the last bit, so a one-row
+    tail joins the chunk before it; every other chunking gives bit-identical rows (docs/performance.md).
+    """
+    chunk = max(chunk, 2)
+    bounds = list(range(0, rows, chunk)) + [rows]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def residual_in_chunks(
+    x: torch.Tensor, branch: Callable[[int, int], torch.Tensor], chunk: int, keep_from: int | None = None,
+    *, in_place: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x + branch(rows)`` for row chunks of ``x [B, T, d]`` (``branch(start, stop) -> [B, stop - start, d]``).
+
+    Returns the new stream and, with ``keep_from``, a copy of the branch's output rows ``keep_from:``
+    (e.g. the response rows' attention or MLP output that a cache stores). Only one chunk's branch
+    activations exist at a time. ``in_place``: add into ``x`` itself (the branch of a chunk must read
+    only its own rows of ``x``, which it does before they are written).
+    """
+    b, t, d = x.shape
+    out = x if in_place else torch.empty_like(x)
+    kept = None if keep_from is None else x.new_empty(b, t - keep_from, d)
+    for start, stop in row_chunks(t, chunk):
+        y = branch(start, stop)
+        torch.add(x[:, start:stop], y, out=out[:, start:stop])
+        if kept is not None and stop > keep_from:
+            low = max(start, keep_from)
+            kept[:, low - keep_from : stop - keep_from] = y[:, low - start :]
+    return out, kept
 
 
 @dataclass
@@ -266,6 +397,18 @@ class DiffusionTransformer(nn.Module):
         """fp32 ``cos, sin`` of shape ``[B or 1, T, head_dim]`` for ``position_ids``."""
         return rotary_cos_sin(position_ids, self.inv_freq.to(position_ids.device))
 
+    def rope_positions(self, position_ids: torch.Tensor) -> RotaryPositions:
+        """``position_ids`` as :class:`RotaryPositions` (tables made per row range, e.g. per chunk)."""
+        inv_freq = self.inv_freq.to(position_ids.device)
+        dtype = self.embed_tokens.weight.dtype
+        return RotaryPositions(position_ids, inv_freq, self.config.rope_in_fp32, dtype)
+
+    def rope_table(self, position_ids: torch.Tensor) -> RopeTable:
+        """The :class:`RopeTable` of ``position_ids`` that :meth:`DecoderBlock.qkv` takes."""
+        cos, sin = self.rotary(position_ids)
+        dtype = self.embed_tokens.weight.dtype
+        return RopeTable.build(cos, sin, in_fp32=self.config.rope_in_fp32, dtype=dtype)
+
     # ----- forward ---------------------------------------------------------------------------
 
     def hidden_states(
@@ -279,19 +422,26 @@ class DiffusionTransformer(nn.Module):
         if position_ids is None:
             position_ids = self.default_position_ids(attention_mask, t)
         x = self.embed_tokens(input_ids)
-        cos, sin = self.rotary(position_ids)
+        rope = self.rope_table(position_ids)
         bias = self.key_padding_bias(attention_mask, x.dtype)
         pad_rows = None
         if bias is not None and self.config.pad_queries_masked:
             pad_rows = ~attention_mask.to(torch.bool)[:, :, None]  # Dream: pad queries output 0
         for layer in self.layers:
-            q, k, v = layer.qkv(x, cos, sin)
+            q, k, v = layer.qkv(x, rope)
             attn = layer.attend(q, k, v, bias)
             if pad_rows is not None:
                 attn = attn.masked_fill(pad_rows, 0.0)
             x = x + attn
             x = x + layer.mlp(x)
         return x
+
+    def row_chunk(self) -> int:
+        """Rows per chunk of row-wise work in long passes: about :data:`ROW_CHUNK_BYTES` of MLP activations
+        (:data:`GPU_ROW_CHUNK_BYTES` off the CPU), at least :data:`MIN_ROW_CHUNK` rows."""
+        weight = self.embed_tokens.weight
+        budget = ROW_CHUNK_BYTES if weight.device.type == "cpu" else GPU_ROW_CHUNK_BYTES
+        return max(MIN_ROW_CHUNK, budget // (2 * self.config.intermediate_size * weight.element_size()))
 
     def unpack_lm_head(self) -> None:
         """Give a :class:`PackedLMHead` back its dense weight (an :class:`LMHead`), e.g. before ``.to("cuda")``."""

@@ -12,14 +12,18 @@ import math
 
 import torch
 
-_MAX_ELEMENTS = 1 << 26  # 256 MiB of fp32 scores per chunk
+_MAX_ELEMENTS = 1 << 22  # 16 MiB of fp32 scores per chunk (a first pass's transient, next to its [T, d] tensors)
 
 
 def _probabilities(q: torch.Tensor, k: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
-    """fp32 softmax of ``q [B, h, R, hd]`` against ``k [B, h, L, hd]``; pad keys get probability 0."""
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    """fp32 softmax of ``q [B, h, R, hd]`` against ``k [B, h, L, hd]``; pad keys get probability 0.
+
+    The scaling and masking run in place on the score matrix (the same arithmetic), so a chunk holds
+    its scores and their softmax only.
+    """
+    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)).div_(math.sqrt(q.shape[-1]))
     if key_valid is not None:
-        logits = logits.masked_fill(~key_valid[:, None, None, :], float("-inf"))
+        logits.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
     return torch.softmax(logits, dim=-1)
 
 
@@ -52,10 +56,11 @@ def attention_column_sums(
     for start in range(0, h_kv, per_kv_head):
         stop = min(h_kv, start + per_kv_head)
         q = queries[:, start * group : stop * group]
-        k = keys[:, start:stop].repeat_interleave(group, dim=1)
+        k = keys[:, start:stop] if group == 1 else keys[:, start:stop].repeat_interleave(group, dim=1)
         probs = _probabilities(q, k, key_valid)  # [B, h_chunk, R, L]
+        del k
         if query_weights is not None:
-            probs = probs * query_weights[:, None, :, None].float()
+            probs.mul_(query_weights[:, None, :, None].float())
         sums = probs.sum(dim=2)  # [B, h_chunk, L]
         grouped = sums.view(b, stop - start, group, length)
         out[:, start:stop] = grouped.sum(dim=2) if group_reduce == "sum" else grouped.amax(dim=2)

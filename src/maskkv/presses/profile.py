@@ -35,11 +35,11 @@ def sample_importance(model: DiffusionTransformer, prompt_ids: torch.Tensor, gen
     """Eq. 8 for one prompt ``[1, P]`` followed by ``gen_length`` masks: ``[num_layers]`` fp32."""
     masks = torch.full((prompt_ids.shape[0], gen_length), model.config.mask_token_id, device=prompt_ids.device)
     x_ids = torch.cat([prompt_ids, masks], dim=1)
-    cos, sin = model.rotary(model.default_position_ids(None, x_ids.shape[1]))
+    rope = model.rope_table(model.default_position_ids(None, x_ids.shape[1]))
     x = model.embed_tokens(x_ids)
     importance = []
     for layer in model.layers:
-        q, k, v = layer.qkv(x, cos, sin)
+        q, k, v = layer.qkv(x, rope)
         mid = x + layer.attend(q, k, v, None)
         importance.append(layer_importance(x, mid).mean())
         x = mid + layer.mlp(mid)

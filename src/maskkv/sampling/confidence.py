@@ -24,22 +24,24 @@ def first_argmax(x: torch.Tensor) -> torch.Tensor:
     16 rows, one thread), which made it the largest item of the sampler's per-step time. Here the
     maximum comes from ``amax`` over chunks of :data:`ARGMAX_CHUNK` columns, then ``argmax`` runs only
     inside the first chunk that holds it: the same index as ``torch.argmax``, ties and ``-inf``
-    included. Other devices, narrow rows and rows with NaN use ``torch.argmax``.
+    included, and a NaN wins as in ``torch.argmax`` (nothing is read on the host). Other devices and narrow
+    rows use ``torch.argmax``.
     """
     width = x.shape[-1]
     chunks = width // ARGMAX_CHUNK
     if x.device.type != "cpu" or chunks < 2 or not x.is_floating_point() or x.stride(-1) != 1:
         return torch.argmax(x, dim=-1)
     body = x[..., : chunks * ARGMAX_CHUNK].unflatten(-1, (chunks, ARGMAX_CHUNK))
-    chunk_max = body.amax(dim=-1)  # [..., chunks]
+    chunk_max = body.amax(dim=-1)  # [..., chunks]; NaN where a chunk holds one
     best = chunk_max.amax(dim=-1, keepdim=True)
     tail = x[..., chunks * ARGMAX_CHUNK :]
     if tail.shape[-1]:
-        best = torch.maximum(best, tail.amax(dim=-1, keepdim=True))
-    if bool(torch.isnan(best).any()):  # argmax's NaN semantics: the first NaN wins
-        return torch.argmax(x, dim=-1)
-    in_body = (chunk_max == best).any(dim=-1)  # else the first maximum is in the tail
-    chunk = torch.argmax(chunk_max, dim=-1)  # the first chunk holding the body's maximum
+        best = torch.maximum(best, tail.amax(dim=-1, keepdim=True))  # NaN if any NaN in the row
+    # argmax's NaN semantics (the first NaN wins) without reading the device: a row with a NaN picks its
+    # first NaN chunk, any other row its first chunk holding the maximum.
+    holds = (chunk_max == best) | torch.isnan(chunk_max)
+    in_body = holds.any(dim=-1)  # else the first maximum (or NaN) is in the tail
+    chunk = torch.argmax(holds.to(torch.uint8), dim=-1)  # the first such chunk
     index = chunk[..., None, None].expand(*chunk.shape, 1, ARGMAX_CHUNK)
     inside = torch.argmax(body.gather(-2, index).squeeze(-2), dim=-1)
     found = chunk * ARGMAX_CHUNK + inside

@@ -22,8 +22,9 @@ the reference's random draws. ``nfe`` counts the forward calls made; ``steps`` c
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
 
 import torch
 
@@ -36,7 +37,8 @@ from .confidence import LLADA_REMASKING, SOFTMAX_DTYPES, llada_propose, sample_t
 from .schedules import (
     dream_num_transfer_tokens,
     dream_timesteps,
-    llada_num_transfer_tokens,
+    dream_transfer_schedule,
+    llada_transfer_schedule,
     threshold_transfer_index,
 )
 
@@ -171,23 +173,125 @@ def _prepare(
 
 
 def _masked_columns(eligible: torch.Tensor) -> torch.Tensor:
-    """Ascending canvas positions where any row is eligible: ``[C]`` int64."""
+    """Ascending canvas positions where any row is eligible: ``[C]`` int64 (reads the count on the host)."""
     return eligible.any(dim=0).nonzero().squeeze(1)
 
 
-def _commit_topk(x: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, k: torch.Tensor) -> None:
-    """Per row, write ``x0`` into ``x`` at the ``k[r]`` most confident positions (``sampling.md`` 1.4, 1.7).
+@dataclass(frozen=True)
+class _Block:
+    """One block of the canvas and the positions its steps ask logits for, chosen without reading the device.
 
-    ``torch.topk`` runs on full-length ``[L]`` rows as in the reference; rows sharing a ``k`` (all of
-    them, in practice) go through one batched call, which gives the same result per row.
+    The samplers know on the host how many masks the block holds before each step (its schedule commits a
+    fixed count per step). With one row they ask for exactly those positions (``exact``): the block's
+    masked columns in ascending order, found by a stable sort, cut to the host count. With several rows
+    (whose masks sit at different columns) they ask for every column of the block and mask the rest.
     """
-    for k_value in torch.unique(k).tolist():
-        if k_value == 0:
-            continue
-        rows = (k == k_value).nonzero().squeeze(1)
-        index = torch.topk(confidence[rows], k_value).indices  # [R, k]
-        row_index = rows.unsqueeze(1).expand_as(index)
-        x[row_index, index] = x0[row_index, index]
+
+    start: int
+    end: int
+    exact: bool
+
+    def positions(self, x: torch.Tensor, mask_id: int, masks: int, columns: torch.Tensor) -> torch.Tensor:
+        """``[C]`` canvas positions for a step that starts with ``masks`` masked block positions per row."""
+        if not self.exact:
+            return columns[self.start : self.end]
+        masked = x[0, self.start : self.end] == mask_id
+        order = torch.sort(masked, descending=True, stable=True).indices  # masked columns first, ascending
+        return order[:masks] + self.start
+
+
+def _static_positions(model: Any) -> bool:
+    """Whether the denoiser wants every position of the block each step (CUDA graphs: fixed shapes)."""
+    return bool(getattr(model, "static_positions", False))
+
+
+def _announce(model: Any, start: int, end: int) -> None:
+    """Tell a cached denoiser the block it serves next (it then trusts the positions: no device reads)."""
+    begin_block = getattr(model, "begin_block", None)
+    if begin_block is not None:
+        begin_block(start, end)
+
+
+@contextmanager
+def _blocks_announced(model: Any) -> Iterator[None]:
+    """Around a sampler's loop: afterwards the denoiser checks the positions of direct calls again."""
+    try:
+        yield
+    finally:
+        end_blocks = getattr(model, "end_blocks", None)
+        if end_blocks is not None:
+            end_blocks()
+
+
+def _run_steps(steps: Any, model: Any, plan: _Plan, options: dict[str, Any]) -> tuple[torch.Tensor, int, int]:
+    """``steps(model, plan, **options)`` with its blocks announced, checked by one read at the end.
+
+    The sync-free steps take the masks left from the host's schedule, which assumes every committed token
+    is a real one. A model that commits the mask token leaves a mask on the canvas (the step positions never
+    come back to it), which the one read after the loop sees; the call is then run again from the same
+    canvas and random state with the reference's device reads (``synced``), so the result is always the
+    reference's. Re-running needs a fresh denoiser: a plain model, or one with ``reset()`` (the caches).
+    """
+    start, rng = plan.x.clone(), _rng_state(plan.x.device)
+    with _blocks_announced(model):
+        x, nfe, steps_run, scheduled = steps(model, plan, **options)
+    mask_id = model.config.mask_token_id
+    if not scheduled or not bool((x[:, plan.prompt_length :] == mask_id).any()):
+        return x, nfe, steps_run
+    reset = getattr(model, "reset", None)
+    if reset is None and not isinstance(model, torch.nn.Module):
+        raise RuntimeError(
+            f"the model committed the mask token id {mask_id}; the sampler must re-run this call with device "
+            f"reads, but {type(model).__name__} has no reset(); suppress that logit or pass a resettable denoiser"
+        )
+    if reset is not None:
+        reset()
+    _set_rng_state(plan.x.device, rng)
+    with _blocks_announced(model):
+        x, again, steps_run, _ = steps(model, replace(plan, x=start), synced=True, **options)
+    return x, nfe + again, steps_run
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _threshold_commit(
+    x: torch.Tensor, candidates: torch.Tensor, confidence: torch.Tensor, eligible: torch.Tensor, *, threshold: float,
+    mask_id: int, start: int, end: int, remaining: int, k: int | None, block: int,
+) -> tuple[torch.Tensor, int]:
+    """One Fast-dLLM threshold step (``sampling.md`` 3.1): commit, then count the masks left in ``[start, end)``.
+
+    Reading that count is the step's one host synchronisation; no progress means the model proposed the mask
+    token. ``k``: the largest eligible count of a row when known on the host (else it is read too).
+    """
+    pick = threshold_transfer_index(confidence, eligible, threshold, k=k)
+    x = torch.where(pick, candidates, x)
+    now = int((x[:, start:end] == mask_id).sum())
+    if now == remaining:
+        raise RuntimeError(
+            f"threshold decoding made no progress in block {block}: the model proposed the mask token "
+            f"id {mask_id}; suppress that logit in the model"
+        )
+    return x, now
+
+
+def _commit_topk(x: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, k: int) -> None:
+    """Per row, write ``x0`` into ``x`` at the ``k`` most confident positions (``sampling.md`` 1.4, 1.7).
+
+    ``torch.topk`` runs on full-length ``[L]`` rows as in the reference; every row commits the same
+    host-known ``k`` (the block's schedule), so one batched call serves them all.
+    """
+    if k > 0:
+        index = torch.topk(confidence, k).indices  # [B, k]
+        x.scatter_(1, index, x0.gather(1, index))
 
 
 def _llada_logits(
@@ -209,7 +313,17 @@ def _llada_logits(
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
-def _generate_llada(
+def _generate_llada(model: Any, plan: _Plan, **options: Any) -> tuple[torch.Tensor, int, int]:
+    """:func:`_llada_steps` through :func:`_run_steps`."""
+    return _run_steps(_llada_steps, model, plan, options)
+
+
+def _generate_dream(model: Any, plan: _Plan, **options: Any) -> tuple[torch.Tensor, int, int]:
+    """:func:`_dream_steps` through :func:`_run_steps`."""
+    return _run_steps(_dream_steps, model, plan, options)
+
+
+def _llada_steps(
     model: Any,
     plan: _Plan,
     *,
@@ -220,8 +334,13 @@ def _generate_llada(
     logits_eos_inf: bool,
     confidence_eos_eot_inf: bool,
     softmax_dtype: str,
-) -> tuple[torch.Tensor, int, int]:
-    """LLaDA ``generate`` (``sampling.md`` 1.4), or Fast-dLLM's threshold loop (3.1). Returns (x, nfe, steps)."""
+    synced: bool = False,
+) -> tuple[torch.Tensor, int, int, bool]:
+    """LLaDA ``generate`` (``sampling.md`` 1.4), or Fast-dLLM's threshold loop (3.1).
+
+    ``synced``: read the masked positions from the device every step (the reference's way; see
+    :func:`_run_steps`). Returns (x, nfe, steps, whether the host schedule chose the positions).
+    """
     config = model.config
     x = plan.x
     batch, length = x.shape
@@ -235,17 +354,32 @@ def _generate_llada(
     # the requested rows, the same distribution but not the reference's random stream.
     replay_noise = temperature > 0 and getattr(model, "full_logits", True)
 
-    def step(x: torch.Tensor, eligible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One proposal over the canvas: (x0 [B, L], confidence [B, L]); confidence None when skipped."""
+    # One row asks for exactly its masked positions; with several rows, or when a committed proposal may
+    # leave a mask behind (confidence -inf: EOS/EOT flags), the whole block is asked and masked.
+    # A denoiser replaying CUDA graphs needs fixed shapes: it asks for the whole block (static_positions).
+    exact = batch == 1 and not confidence_eos_eot_inf and not replay_noise and not _static_positions(model)
+    exact = exact and not synced
+
+    def step(x: torch.Tensor, block: _Block, masks: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One proposal over the canvas: (x0 [B, L], confidence [B, L]); confidence None when skipped.
+
+        ``masks``: the block's masked positions per row before this step (known on the host).
+        """
         nonlocal nfe
-        if not bool(eligible.any()):
+        eligible = (x == mask_id) & (columns < block.end) if synced else None
+        if synced:  # the reference's reads: is any position left, and which
+            masks = int(bool(eligible.any()))
+        if masks == 0:
             # Nothing to predict (s_b > n after the block is done): skip the forward, keep the reference's draws.
             if replay_noise:
                 torch.rand((batch, length, config.vocab_size), dtype=torch.float64, device=x.device)
             if remasking == "random":
                 torch.rand((batch, length), device=x.device)
             return x, None
-        positions = columns if replay_noise else _masked_columns(eligible)
+        if replay_noise:
+            positions = columns
+        else:
+            positions = _masked_columns(eligible) if synced else block.positions(x, mask_id, masks, columns)
         logits = _llada_logits(model, x, plan.attention_mask, positions, prompt_length, cfg_scale)
         nfe += 1
         x0_c, confidence_c = llada_propose(
@@ -265,39 +399,41 @@ def _generate_llada(
         # Full-length rows, -inf off the eligible set, so topk sees the reference's [L] rows (1.7).
         confidence = torch.full((batch, length), -torch.inf, dtype=confidence_c.dtype, device=x.device)
         confidence[:, positions] = confidence_c
-        confidence = torch.where(eligible, confidence, -torch.inf)
+        if not block.exact:  # exact positions are the eligible set itself
+            if eligible is None:
+                eligible = (x == mask_id) & (columns < block.end)
+            confidence = torch.where(eligible, confidence, -torch.inf)
         return x0, confidence
 
-    for block in range(plan.gen_length // block_length):
-        block_start = prompt_length + block * block_length
-        block_end = block_start + block_length
+    for index in range(plan.gen_length // block_length):
+        block_start = prompt_length + index * block_length
+        block = _Block(block_start, block_start + block_length, exact)
+        _announce(model, block.start, block.end)
         if threshold is None:
-            schedule = llada_num_transfer_tokens(x[:, block_start:block_end] == mask_id, plan.steps_per_block)
-            for i in range(plan.steps_per_block):
-                eligible = (x == mask_id) & (columns < block_end)
-                x0, confidence = step(x, eligible)
+            # The block starts all masks (sampling.md 1.3): its schedule is known here, on the host.
+            schedule = llada_transfer_schedule(block_length, plan.steps_per_block)
+            masks = block_length
+            for k in schedule:
+                x0, confidence = step(x, block, masks)
                 steps_run += 1
                 if confidence is not None:
-                    _commit_topk(x, x0, confidence, schedule[:, i])
+                    _commit_topk(x, x0, confidence, k)
+                masks -= k
         else:
-            remaining = int((x[:, block_start:block_end] == mask_id).sum())
+            # Threshold decoding commits a data-dependent count: one read per step (the masks left).
+            remaining = batch * block_length
             while remaining > 0:
-                eligible = (x == mask_id) & (columns < block_end)
-                x0, confidence = step(x, eligible)
+                x0, confidence = step(x, block, remaining)
                 steps_run += 1
-                pick = threshold_transfer_index(confidence, eligible, threshold)
-                x = torch.where(pick, x0, x)
-                now = int((x[:, block_start:block_end] == mask_id).sum())
-                if now == remaining:
-                    raise RuntimeError(
-                        f"threshold decoding made no progress in block {block}: the model proposed the mask token "
-                        f"id {mask_id}; suppress that logit in the model"
-                    )
-                remaining = now
-    return x, nfe, steps_run
+                eligible = (x == mask_id) & (columns < block.end)
+                x, remaining = _threshold_commit(
+                    x, x0, confidence, eligible, threshold=threshold, mask_id=mask_id, start=block.start,
+                    end=block.end, remaining=remaining, k=remaining if exact else None, block=index,
+                )  # fmt: skip
+    return x, nfe, steps_run, threshold is None
 
 
-def _generate_dream(
+def _dream_steps(
     model: Any,
     plan: _Plan,
     *,
@@ -308,8 +444,11 @@ def _generate_dream(
     alg_temp: float | None,
     eps: float,
     threshold: float | None,
-) -> tuple[torch.Tensor, int, int]:
+    synced: bool = False,
+) -> tuple[torch.Tensor, int, int, bool]:
     """Dream ``_sample`` (``sampling.md`` 2.4), per block when blocks are given (3.4), or threshold (3.1).
+
+    ``synced``: the reference's loop with its device reads (see :func:`_run_steps`).
 
     Without ``block_length`` the plan holds one block spanning the generation region, which is the
     reference's unblocked sampler exactly.
@@ -337,6 +476,14 @@ def _generate_dream(
         nfe += 1
         return logits[eligible[:, positions]]  # [N, V]
 
+    # Sync-free steps (host schedule, positions of _Block) for every selection that commits the scheduled
+    # count (not origin's random subset) where they draw the reference's random numbers (one row, or greedy);
+    # below, the reference's loop with its device reads.
+    if not synced and (threshold is not None or alg != "origin") and (batch == 1 or temperature == 0):
+        return _generate_dream_host(
+            model, plan, alg=alg, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
+            timesteps=timesteps, threshold=threshold,
+        )  # fmt: skip
     for block in range(plan.gen_length // block_length):
         block_start = plan.prompt_length + block * block_length
         block_end = block_start + block_length
@@ -352,15 +499,10 @@ def _generate_dream(
                 full_confidence[eligible] = confidence
                 candidates = torch.full_like(x, mask_id)
                 candidates[eligible] = tokens
-                pick = threshold_transfer_index(full_confidence, eligible, threshold)
-                x = torch.where(pick, candidates, x)
-                now = int((x[:, block_start:block_end] == mask_id).sum())
-                if now == remaining:
-                    raise RuntimeError(
-                        f"threshold decoding made no progress in block {block}: the model proposed the mask token "
-                        f"id {mask_id}; suppress that logit in the model"
-                    )
-                remaining = now
+                x, remaining = _threshold_commit(
+                    x, candidates, full_confidence, eligible, threshold=threshold, mask_id=mask_id, start=block_start,
+                    end=block_end, remaining=remaining, k=None, block=block,
+                )  # fmt: skip
             continue
 
         for i in range(steps_per_block):
@@ -395,7 +537,93 @@ def _generate_dream(
                 candidates[eligible] = tokens
                 row_index = rows.expand_as(index)
                 x[row_index, index] = candidates[row_index, index]
-    return x, nfe, steps_run
+    return x, nfe, steps_run, False
+
+
+def _generate_dream_host(
+    model: Any,
+    plan: _Plan,
+    *,
+    alg: str,
+    temperature: float,
+    top_p: float | None,
+    top_k: int | None,
+    alg_temp: float | None,
+    timesteps: torch.Tensor,
+    threshold: float | None,
+) -> tuple[torch.Tensor, int, int, bool]:
+    """Dream's steps with the commit counts known on the host: no device read in a step (``sampling.md`` 2.4, 3.1).
+
+    Every block starts all masks and every step commits its scheduled count per row, so the schedule of
+    :func:`dream_transfer_schedule` (with the sampler's own float32 timesteps) is the reference's
+    ``int(avg * (1 - s / t))`` step for step. Threshold decoding reads the masks left once per step.
+    """
+    config = model.config
+    x = plan.x
+    batch, length = x.shape
+    mask_id = config.mask_token_id
+    columns = torch.arange(length, device=x.device)
+    block_length = plan.block_length
+    margin, negent = alg == "topk_margin", alg == "entropy"
+    exact = batch == 1 and not _static_positions(model)
+    schedule = None if threshold is not None else dream_transfer_schedule(
+        block_length, plan.steps_per_block, timesteps=timesteps
+    )  # fmt: skip
+    nfe = 0
+    steps_run = 0
+
+    def propose(block: _Block, masks: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Candidates ``[B, L]`` (mask id off the eligible set), confidence ``[B, L]`` (-inf off it), eligible."""
+        nonlocal nfe
+        positions = block.positions(x, mask_id, masks, columns)
+        logits = model.logits_at(x, plan.attention_mask, positions)  # [B, C, V], shift done by the model
+        nfe += 1
+        # Row-major over (row, position) like the reference's logits[mask_index]; with one row exactly its rows.
+        confidence, tokens = sample_tokens(
+            logits.flatten(0, 1), temperature, top_p, top_k, margin_confidence=margin, neg_entropy=negent
+        )
+        full_confidence = torch.full((batch, length), -torch.inf, dtype=logits.dtype, device=x.device)
+        full_confidence[:, positions] = confidence.view(batch, -1)
+        candidates = torch.full_like(x, mask_id)
+        candidates[:, positions] = tokens.view(batch, -1)
+        eligible = None
+        if not block.exact:
+            eligible = (x == mask_id) & (columns >= block.start) & (columns < block.end)
+            full_confidence = torch.where(eligible, full_confidence, -torch.inf)
+            candidates = torch.where(eligible, candidates, mask_id)
+        return candidates, full_confidence, eligible
+
+    for index in range(plan.gen_length // block_length):
+        start = plan.prompt_length + index * block_length
+        block = _Block(start, start + block_length, exact)
+        _announce(model, block.start, block.end)
+        if threshold is not None:
+            remaining = batch * block_length
+            while remaining > 0:
+                candidates, full_confidence, eligible = propose(block, remaining)
+                steps_run += 1
+                if eligible is None:
+                    eligible = (x == mask_id) & (columns >= block.start) & (columns < block.end)
+                x, remaining = _threshold_commit(
+                    x, candidates, full_confidence, eligible, threshold=threshold, mask_id=mask_id,
+                    start=block.start, end=block.end, remaining=remaining, k=remaining if exact else None, block=index,
+                )  # fmt: skip
+            continue
+        masks = block_length
+        for k in schedule:
+            steps_run += 1
+            if masks == 0:  # no masks left: the reference's draws here are all empty
+                continue
+            candidates, full_confidence, _ = propose(block, masks)
+            if k > 0:
+                if alg_temp is None or alg_temp == 0:
+                    chosen = torch.topk(full_confidence, k).indices
+                else:
+                    weights = torch.softmax(full_confidence / alg_temp, dim=-1)
+                    chosen = torch.multinomial(weights, num_samples=k)
+                x.scatter_(1, chosen, candidates.gather(1, chosen))
+            masks -= k
+    return x, nfe, steps_run, threshold is None
 
 
 def generate(

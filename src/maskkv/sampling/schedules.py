@@ -36,6 +36,14 @@ def llada_num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Ten
     return base + (step_ids < remainder).to(torch.int64)
 
 
+def llada_transfer_schedule(num_masks: int, steps: int) -> list[int]:
+    """:func:`llada_num_transfer_tokens` of one row with ``num_masks`` masks, on the host (no tensor)."""
+    if steps <= 0:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    base, remainder = divmod(num_masks, steps)
+    return [base + (1 if i < remainder else 0) for i in range(steps)]
+
+
 def dream_timesteps(steps: int, eps: float, device: torch.device | str | None = None) -> torch.Tensor:
     """Dream's ``torch.linspace(1, eps, steps + 1)`` in float32 (``sampling.md`` 2.3).
 
@@ -67,15 +75,18 @@ def dream_num_transfer_tokens(mask_index: torch.Tensor, timesteps: torch.Tensor,
     return int(num_mask_token)
 
 
-def dream_transfer_schedule(num_tokens: int, steps: int, eps: float = 1e-3) -> list[int]:
+def dream_transfer_schedule(
+    num_tokens: int, steps: int, eps: float = 1e-3, timesteps: torch.Tensor | None = None
+) -> list[int]:
     """Per-step commit counts of one Dream row with ``num_tokens`` masks (``sampling.md`` 2.6).
 
     A dry run of :func:`dream_num_transfer_tokens`, assuming every step commits its full count
-    (true for topk selection). ``num_tokens = steps = 32`` gives ``[0, 1, ..., 1, 2]``.
+    (true for topk selection). ``num_tokens = steps = 32`` gives ``[0, 1, ..., 1, 2]``. ``timesteps``:
+    the sampler's own (e.g. made on its device; moved to the CPU here), else :func:`dream_timesteps`.
     """
     if num_tokens < 0:
         raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
-    timesteps = dream_timesteps(steps, eps)
+    timesteps = dream_timesteps(steps, eps) if timesteps is None else timesteps.cpu()
     remaining = num_tokens
     counts: list[int] = []
     for i in range(steps):
@@ -87,7 +98,9 @@ def dream_transfer_schedule(num_tokens: int, steps: int, eps: float = 1e-3) -> l
     return counts
 
 
-def threshold_transfer_index(confidence: torch.Tensor, eligible: torch.Tensor, threshold: float) -> torch.Tensor:
+def threshold_transfer_index(
+    confidence: torch.Tensor, eligible: torch.Tensor, threshold: float, *, k: int | None = None
+) -> torch.Tensor:
     """Fast-dLLM parallel-decoding rule (``sampling.md`` 3.1), per row, vectorised.
 
     Sort each row's eligible positions by confidence (``torch.topk`` over the full row, as the
@@ -98,6 +111,8 @@ def threshold_transfer_index(confidence: torch.Tensor, eligible: torch.Tensor, t
         confidence: ``[B, L]`` with ``-inf`` (or any value) at ineligible positions.
         eligible: ``[B, L]`` bool, positions that may be committed.
         threshold: in ``(0, 1]``.
+        k: the largest eligible count of a row when the caller knows it (then nothing is read from the
+            device); None counts it.
 
     Returns:
         ``[B, L]`` bool, the positions to commit.
@@ -112,7 +127,8 @@ def threshold_transfer_index(confidence: torch.Tensor, eligible: torch.Tensor, t
     neg_inf = torch.tensor(float("-inf"), dtype=confidence.dtype, device=confidence.device)
     confidence = torch.where(eligible, confidence, neg_inf)
     num_eligible = eligible.sum(dim=1)  # [B]
-    k = int(num_eligible.max()) if eligible.numel() else 0
+    if k is None:
+        k = int(num_eligible.max()) if eligible.numel() else 0
     pick = torch.zeros_like(eligible)
     if k == 0:
         return pick

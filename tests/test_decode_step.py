@@ -1,0 +1,402 @@
+"""The decode step at its floor: no host syncs, few aten ops, fused projections, a lean first pass.
+
+Counted with :mod:`maskkv.bench.opcount` (a ``TorchDispatchMode``) over the steady-state steps of real
+``generate`` calls (issue 23): every op dispatched between the end of the first pass and the end of the
+sampler's loop, the sampler's own work included. Exactness of the fused and chunked paths is checked
+against the plain (unfused, unchunked) computations.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+import maskkv.models.transformer as transformer
+from maskkv.bench.opcount import OpCounter, count_decode_steps
+from maskkv.cache import DLLMCache
+from maskkv.cache.fast_dllm import FastDLLMCache
+from maskkv.models import load_model
+from maskkv.models.rope import RopeTable, apply_rotary, inverse_frequencies, rotary_cos_sin
+from maskkv.models.tiny import write_tiny_checkpoint
+from maskkv.presses import MaskKVPress, make_press
+from maskkv.sampling.generate import generate
+
+PROMPT, GEN = 300, 32
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module", params=["llada", "dream"])
+def model(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(f"decode-{request.param}")
+    write_tiny_checkpoint(path, request.param, num_layers=3, hidden_size=64, num_heads=4, seed=5)
+    return load_model(path)
+
+
+def _prompt(model, length: int = PROMPT, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size - 64, (batch, length), generator=g)
+
+
+def _profile(model, folder) -> str:
+    """A MaskKV layer profile (any values): with it each layer is evicted right after its attention."""
+    from maskkv.presses.profile import save_profile
+
+    path = folder / "profile.json"
+    save_profile(path, model.config, [1.0, 0.5, 2.0], samples=1, gen_length=8, data="test")
+    return str(path)
+
+
+def _denoiser(model, system: str, block_length: int = GEN, profile: str | None = None):
+    if system == "vanilla":
+        return model
+    if system.startswith("fast-"):
+        return FastDLLMCache(system.removeprefix("fast-")).bind(model, PROMPT, block_length=block_length)
+    if system == "maskkv-offline":
+        press = MaskKVPress(32, profile=profile)
+    else:
+        press = make_press(system, 32) if system != "dllm-cache" else None
+    return DLLMCache().bind(model, PROMPT, press=press, block_length=block_length)
+
+
+def _counts(model, system: str, block_length: int = GEN, **options):
+    inner = _denoiser(model, system, block_length)
+    out, counts = count_decode_steps(
+        inner,
+        lambda m: generate(m, _prompt(model), gen_length=GEN, steps=GEN, block_length=block_length, **options),
+        block_first_pass=system.startswith("fast-"),
+    )
+    return out, counts
+
+
+# ----- item 1: no host synchronisation --------------------------------------------------------------
+
+
+def test_the_counter_sees_every_kind_of_sync():
+    """The counter must be able to fail: each kind of host read or data-dependent shape is counted."""
+    x = torch.arange(6.0)
+    mask = x > 2
+    counter = OpCounter()
+    with counter:
+        counter.segment()
+        x.sum().item()
+        bool(x.any())
+        x.nonzero()
+        torch.unique(x)
+        x[mask]
+        x.masked_select(mask)
+        y = x.clone()
+        y[mask] = 0.0
+        counter.segment()
+        x.topk(2)
+        x[torch.tensor([1, 2])]
+    assert counter.steps[0].sync_count == 7, dict(counter.steps[0].syncs)
+    assert counter.steps[1].sync_count == 0 and counter.steps[1].total > 0
+
+
+@pytest.mark.parametrize(
+    "system", ["vanilla", "dllm-cache", "maskkv", "snapkv", "adakv", "fast-prefix", "fast-dual"]
+)
+def test_steady_state_decode_steps_have_no_host_sync(model, system):
+    out, counts = _counts(model, system)
+    summary = counts.summary()
+    assert summary["steady_steps"] == GEN - 1
+    assert summary["syncs_per_step_max"] == 0, summary["sync_ops"]
+    assert summary["syncs_outside_steps"] <= 1  # the canvas check after the loop
+    assert not bool((out.sequences == model.config.mask_token_id).any())
+
+
+@pytest.mark.parametrize("system", ["maskkv", "fast-dual"])
+def test_no_host_sync_with_several_blocks(model, system):
+    _, counts = _counts(model, system, block_length=8)
+    assert counts.summary()["syncs_per_step_max"] == 0, counts.summary()["sync_ops"]
+
+
+def test_threshold_decoding_reads_once_per_step(model):
+    """Threshold decoding commits a data-dependent count: one read of the masks left per step, no more."""
+    _, counts = _counts(model, "maskkv", threshold=0.3)
+    syncs = counts.syncs_per_step()
+    assert syncs and max(syncs) == 1 and min(syncs) == 1, counts.summary()["sync_ops"]
+
+
+def _propose_mask(model, monkeypatch) -> None:
+    """A pass asking for 8 rows (a block's first step, or any step that still has 8 masks) proposes [MASK]
+    with certainty at its second row: committed, that position stays masked."""
+    plain = type(model).project
+
+    def project(self, hidden):
+        logits = plain(self, hidden)
+        if hidden.shape[-2] == 8:
+            logits[..., 1, self.config.mask_token_id] = 1e4
+        return logits
+
+    monkeypatch.setattr(type(model), "project", project)
+
+
+@pytest.mark.parametrize("system", ["vanilla", "maskkv", "fast-dual"])
+def test_a_committed_mask_token_reruns_with_device_reads(model, system, monkeypatch):
+    """The host schedule assumes committed tokens are real; a model committing [MASK] leaves a mask, and
+    the call re-runs with the reference's device reads: the result equals the always-synced loop's, and
+    differs from what the sync-free loop alone returned."""
+    sampling = importlib.import_module("maskkv.sampling.generate")  # the module (the package exports a function)
+    prompt = _prompt(model, seed=11)
+    kwargs = dict(gen_length=16, steps=16, block_length=8)
+    _propose_mask(model, monkeypatch)
+    out = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+
+    def loop(synced):
+        def run(steps, m, plan, options):
+            with sampling._blocks_announced(m):
+                x, nfe, steps_run, _ = steps(m, plan, synced=synced, **options)
+            return x, nfe, steps_run
+
+        return run
+
+    monkeypatch.setattr(sampling, "_run_steps", loop(True))
+    reference = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+    monkeypatch.setattr(sampling, "_run_steps", loop(False))
+    sync_free_only = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+    assert torch.equal(out.sequences, reference.sequences)
+    assert not torch.equal(sync_free_only.sequences, reference.sequences)  # the re-run was needed
+
+
+def test_a_committed_mask_token_without_reset_is_reported(model, monkeypatch):
+    class NoReset:  # a wrapper that cannot start the request over
+        config = model.config
+
+        def logits_at(self, *args):
+            return model.logits_at(*args)
+
+    _propose_mask(model, monkeypatch)
+    with pytest.raises(RuntimeError, match="no reset"):
+        generate(NoReset(), _prompt(model, 20), gen_length=8, steps=8)
+
+
+# ----- item 2: at most 50 aten ops per layer per step ------------------------------------------------
+
+
+def test_maskkv_decode_step_is_at_most_50_ops_per_layer(model):
+    """MaskKV on dLLM-Cache, 3 layers, prompt 300, gen/block 32, budget 32: every steady step <= 50 ops/layer."""
+    _, counts = _counts(model, "maskkv")
+    summary = counts.summary()
+    assert summary["ops_per_layer_per_step_max"] <= 50, summary
+    _, plain = _counts(model, "dllm-cache")
+    assert plain.summary()["ops_per_layer_per_step_max"] <= 50
+
+
+def test_fused_projections_are_views_of_one_matrix_and_match_the_separate_layers(model):
+    layer = model.layers[0]
+    h = torch.randn(2, 7, model.config.hidden_size)
+    with torch.inference_mode():
+        fused = layer._fused_linear(h, transformer.QKV)
+        gate_up = layer._fused_linear(h, transformer.GATE_UP)
+    separate = torch.cat([layer.q_proj(h), layer.k_proj(h), layer.v_proj(h)], dim=-1)
+    assert torch.equal(fused, separate)  # one GEMM, bit-identical on CPU
+    assert torch.equal(gate_up, torch.cat([layer.gate_proj(h), layer.up_proj(h)], dim=-1))
+    weight, _ = layer.fused_weights(transformer.QKV)
+    assert layer.q_proj.weight.data_ptr() == weight.data_ptr()  # no second copy of the weights
+    names = set(model.state_dict())
+    assert "layers.0.q_proj.weight" in names and not any("fused" in n or "qkv" in n for n in names)
+
+
+def test_replacing_a_projection_fuses_the_weights_again(tmp_path):
+    write_tiny_checkpoint(tmp_path / "m", "llada", num_layers=1, seed=3)
+    model = load_model(tmp_path / "m")
+    ids = _prompt(model, 12)
+    before = model(ids).logits
+    with torch.no_grad():
+        model.layers[0].k_proj.weight.mul_(2.0)  # in place: the fused matrix sees it
+    after_inplace = model(ids).logits
+    model.layers[0].k_proj.weight = torch.nn.Parameter(model.layers[0].k_proj.weight.detach() / 2.0)  # replaced
+    after_replace = model(ids).logits
+    assert not torch.equal(before, after_inplace)
+    torch.testing.assert_close(after_replace, before, atol=1e-6, rtol=0)
+
+
+def test_training_path_gets_gradients_for_every_projection(tmp_path):
+    write_tiny_checkpoint(tmp_path / "m", "dream", num_layers=1, seed=4)
+    model = load_model(tmp_path / "m")
+    model.unpack_lm_head()  # the packed CPU head has no autograd
+    model.requires_grad_(True)
+    with torch.inference_mode():
+        model(_prompt(model, 9))  # fuses the weights first
+    model(_prompt(model, 9)).logits.sum().backward()
+    layer = model.layers[0]
+    for name in (*transformer.QKV, *transformer.GATE_UP):
+        assert getattr(layer, name).weight.grad is not None, name
+
+
+def test_fused_rmsnorm_is_the_reference_in_fp32():
+    norm = transformer.RMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 17, 64) * 3
+    x32 = x.float()
+    reference = norm.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5))
+    with torch.inference_mode():
+        fused = norm(x)  # F.rms_norm
+    assert torch.equal(fused, reference)
+    assert torch.equal(norm(x), reference)  # with autograd: the formula itself
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_fused_inference_forward_equals_the_unfused_training_forward(tmp_path, family):
+    """Fused q/k/v and gate/up GEMMs, fused RMSNorm and the RoPE tables (inference) against the separate
+    projections and the formula (the autograd path): bit-identical logits on this CPU."""
+    write_tiny_checkpoint(tmp_path / "m", family, num_layers=2, seed=9)
+    model = load_model(tmp_path / "m")
+    ids = _prompt(model, 30, batch=2)
+    with torch.inference_mode():
+        fused = model(ids).logits
+    model.requires_grad_(True)
+    unfused = model(ids).logits.detach()
+    assert torch.equal(fused, unfused)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("in_fp32", [True, False])
+def test_rope_table_rotates_like_apply_rotary(dtype, in_fp32):
+    cos, sin = rotary_cos_sin(torch.arange(40, 52)[None], inverse_frequencies(8, 500000.0))
+    t = torch.randn(1, 12, 5, 8).to(dtype)  # [B, T, heads, hd]
+    expected = apply_rotary(t.transpose(1, 2), cos, sin, in_fp32=in_fp32).transpose(1, 2)
+    table = RopeTable.build(cos, sin, in_fp32=in_fp32, dtype=dtype)
+    got = table.rotate_(t.clone())
+    assert torch.equal(got, expected)
+
+
+# ----- item 3: the lean first pass ---------------------------------------------------------------
+
+
+def test_row_chunks_cover_the_rows_without_a_single_row_tail():
+    assert transformer.row_chunks(10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert transformer.row_chunks(9, 4) == [(0, 4), (4, 9)]  # no one-row tail (a GEMV sums differently)
+    assert transformer.row_chunks(3, 8) == [(0, 3)]
+    for rows in range(1, 40):
+        chunks = transformer.row_chunks(rows, 5)
+        assert chunks[0][0] == 0 and chunks[-1][1] == rows
+        assert all(b - a >= 2 or rows == 1 for a, b in chunks)
+        assert all(a2 == b1 for (_, b1), (a2, _) in zip(chunks, chunks[1:]))
+
+
+def _recorded_logits(model, system: str, prompt, profile: str | None = None):
+    calls = []
+
+    class Recorder:
+        config = model.config
+        full_logits = False
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        def begin_block(self, start, end):
+            self.inner.begin_block(start, end)
+
+        def logits_at(self, *args):
+            calls.append(self.inner.logits_at(*args))
+            return calls[-1]
+
+    inner = _denoiser(model, system, block_length=8, profile=profile)
+    out = generate(Recorder(inner), prompt, gen_length=16, steps=16, block_length=8)
+    return out.sequences, calls
+
+
+@pytest.mark.parametrize("system", ["dllm-cache", "maskkv", "maskkv-offline", "fast-prefix"])
+def test_chunked_first_pass_equals_the_unchunked_one(model, system, monkeypatch, tmp_path):
+    """Row chunks of 16 (q/k/v, attention rows, MLP) give bit-identical logits at every pass."""
+    prompt = _prompt(model, PROMPT, seed=3)
+    profile = _profile(model, tmp_path)
+    sequences, calls = _recorded_logits(model, system, prompt, profile)
+    monkeypatch.setattr(transformer, "MIN_ROW_CHUNK", 16)
+    monkeypatch.setattr(transformer, "ROW_CHUNK_BYTES", 1)
+    assert model.row_chunk() == 16
+    chunked_sequences, chunked_calls = _recorded_logits(model, system, prompt, profile)
+    assert torch.equal(chunked_sequences, sequences)
+    assert len(chunked_calls) == len(calls) == 16
+    for a, b in zip(chunked_calls, calls):
+        assert torch.equal(a, b)
+
+
+def test_first_pass_releases_each_layers_full_kv_after_eviction(model, tmp_path):
+    """Layer-by-layer eviction: the cache's peak holds one layer's full K/V beside the kept sets."""
+    denoiser = _denoiser(model, "maskkv-offline", profile=_profile(model, tmp_path))
+    generate(denoiser, _prompt(model), gen_length=GEN, steps=GEN, block_length=GEN)
+    cfg = model.config
+    full_layer_kv = 2 * cfg.num_kv_heads * (PROMPT + GEN) * cfg.head_dim * 4
+    assert denoiser.stats.peak_bytes <= full_layer_kv + denoiser.stats.total_bytes
+
+
+# ----- items 4 and 5: the capture path (CUDA graphs run in tests/test_cuda.py) -----------------------
+
+
+class _StaticPositions:
+    """A denoiser asking the sampler for every position of its block, as CUDA-graph replay does."""
+
+    static_positions = True
+
+    def __init__(self, inner):
+        self.inner, self.config = inner, inner.config
+        self.full_logits = getattr(inner, "full_logits", True)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("system", ["vanilla", "maskkv", "fast-dual"])
+def test_whole_block_positions_give_the_same_tokens(model, system):
+    """The fixed-shape steps that CUDA graphs replay (logits for the whole block) decode the same tokens."""
+    prompt = _prompt(model, seed=7)
+    kwargs = dict(gen_length=16, steps=16, block_length=8)
+    plain = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+    static = generate(_StaticPositions(_denoiser(model, system, block_length=8)), prompt, **kwargs)
+    assert torch.equal(static.sequences, plain.sequences)
+
+
+def test_cuda_graph_option_is_ignored_off_cuda(model):
+    prompt = _prompt(model, 40, seed=8)
+    kwargs = dict(gen_length=16, steps=16, block_length=8, press=MaskKVPress(budget=8))
+    plain = generate(model, prompt, cache=DLLMCache(), **kwargs)
+    denoiser = DLLMCache(cuda_graphs=True).bind(model, 40, press=MaskKVPress(budget=8), block_length=8)
+    graphed = generate(denoiser, prompt, gen_length=16, steps=16, block_length=8)
+    assert torch.equal(graphed.sequences, plain.sequences)
+    assert not denoiser.static_positions and denoiser.graphs.captures == 0
+
+
+def _compiled_pass_matches_eager(make, first_pass, passes):
+    if not hasattr(torch, "compile"):
+        pytest.skip("torch.compile is not available")
+    eager, traced = make(), make()
+    with torch.inference_mode():
+        first_pass(eager)
+        first_pass(traced)
+        step = torch.compile(traced.decode_pass, fullgraph=True, backend="eager")  # tracing only: cheap
+        for args in passes:
+            assert torch.equal(step(*args), eager.decode_pass(*args))
+
+
+def test_the_dllm_cache_decode_pass_traces_as_one_graph(model):
+    """``torch.compile(fullgraph=True)`` of the steady pass: nothing in it breaks a graph (no host read,
+    no data-dependent shape); the traced pass equals the eager one, V-verify and response refresh."""
+    if model.config.family == "dream":
+        pytest.skip("one family is enough for the tracing check")
+    model.unpack_lm_head()  # oneDNN's packed weight is an opaque tensor that dynamo does not trace
+    try:
+        x = torch.cat([_prompt(model, 40), torch.full((1, 16), model.config.mask_token_id)], dim=1)
+        positions = torch.arange(40, 56)
+
+        def first(d):
+            d.begin_block(40, 56)
+            d.logits_at(x, None, positions)
+
+        _compiled_pass_matches_eager(
+            lambda: DLLMCache().bind(model, 40, press=MaskKVPress(budget=8), block_length=16), first,
+            [(x, positions, False), (x, positions, True)],
+        )
+        _compiled_pass_matches_eager(
+            lambda: FastDLLMCache("dual").bind(model, 40, block_length=16), first, [(x, positions, 56)]
+        )
+    finally:
+        from maskkv.models.transformer import PackedLMHead, can_pack_lm_head
+
+        if can_pack_lm_head(model.lm_head.weight):
+            model.lm_head = PackedLMHead(model.lm_head.weight.detach())
