@@ -891,6 +891,9 @@ class FullForwardDream:
             bos_token_id=None, model_type="Dream",
         )
 
+    def reset(self) -> None:
+        """Stateless (one full forward per step): nothing to start afresh when ``generate`` re-runs a call."""
+
     def reference_logits(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.model(x, attention_mask).logits
 

@@ -420,6 +420,27 @@ def test_step_hook_reports_blocks_before_the_end_with_generate_tokens(reference)
             assert int(counts.sum()) == kept
 
 
+def test_step_hook_follows_generate_when_it_reruns_a_committed_mask(reference, monkeypatch):
+    """A model that commits [MASK] makes ``generate`` re-run the call with device reads; through the proxy
+    (plain model or cache) the tokens are still exactly ``generate``'s, not an error."""
+    model, tok = reference.model, reference.tokenizer
+    ids = encode_prompt(tok, _documents([60], seed=4)[0], chat=True)
+    plain_project = type(model).project
+
+    def project(self, hidden):  # a block's first pass proposes [MASK] with certainty at its second row
+        logits = plain_project(self, hidden)
+        if hidden.shape[-2] == 8:
+            logits[..., 1, self.config.mask_token_id] = 1e4
+        return logits
+
+    monkeypatch.setattr(type(model), "project", project)
+    for cache in (None, DLLMCache()):
+        plain = maskkv.generate(model, ids, gen_length=16, steps=16, block_length=8, cache=cache)
+        hooked = maskkv.generate(model, ids, gen_length=16, steps=16, block_length=8,
+                                 cache=StepHook(cache, lambda x: None, lambda plan: None))
+        assert torch.equal(plain.sequences, hooked.sequences)
+
+
 def test_health_is_503_when_the_model_fails_to_load(tmp_path):
     """A profile made for no model fails the start-up check: /health and generation answer 503, not 200."""
     from maskkv.serve.app import ServerConfig, create_app

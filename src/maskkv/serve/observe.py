@@ -31,6 +31,13 @@ class _ObservedDenoiser:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def reset(self) -> None:
+        """``generate`` re-runs a call whose model committed the mask token: start the inner denoiser afresh."""
+        inner_reset = getattr(self._inner, "reset", None)
+        if inner_reset is not None:
+            inner_reset()
+        self._passes = 0
+
     @property
     def stats(self) -> Any:
         return getattr(self._inner, "stats", _NoStats())
