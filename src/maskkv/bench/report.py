@@ -317,7 +317,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:  # an error-only run draws no line
+        axes[0].legend(fontsize=8)
     first = rows[0]["config"] if rows else {}
     machine = document["machine"]
     where = machine.get("gpu") or machine.get("cpu")
