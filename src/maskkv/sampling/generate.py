@@ -626,6 +626,19 @@ def _generate_dream_host(
     return x, nfe, steps_run, threshold is None
 
 
+def bind_denoiser(model: Any, prompt_length: int, cache: Any, press: Press | None, *,
+                  block_length: int | None) -> Any:
+    """What one request's steps call ``logits_at`` on: the cache policy bound to the request, or, for a press
+    without a cache, a cache that recomputes every row each pass but attends only to the kept prompt keys,
+    or the bare model."""
+    if cache is not None:
+        return cache.bind(model, prompt_length, press=press, block_length=block_length)
+    if press is not None:
+        every_pass = DLLMCache(prompt_interval=1, response_interval=1, transfer_ratio=0.0)
+        return every_pass.bind(model, prompt_length, press=press, kept_attention=True)
+    return model
+
+
 def generate(
     model: Any,
     prompt_ids: torch.Tensor,
@@ -741,13 +754,7 @@ def generate(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        if cache is not None:
-            denoiser = cache.bind(model, plan.prompt_length, press=press, block_length=plan.block_length)
-        elif press is not None:
-            every_pass = DLLMCache(prompt_interval=1, response_interval=1, transfer_ratio=0.0)
-            denoiser = every_pass.bind(model, plan.prompt_length, press=press, kept_attention=True)
-        else:
-            denoiser = model
+        denoiser = bind_denoiser(model, plan.prompt_length, cache, press, block_length=plan.block_length)
         if family == "llada":
             x, nfe, steps_run = _generate_llada(
                 denoiser,

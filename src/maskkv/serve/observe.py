@@ -1,7 +1,7 @@
 """Watching ``generate`` from outside: a cache-policy proxy that sees every pass, and the kept-token counts.
 
 :func:`maskkv.generate` takes a cache policy and calls its ``bind``; :class:`StepHook` binds the real policy
-(or the press-only path ``generate`` builds itself, or the bare model) and wraps the per-request denoiser so
+(through ``generate``'s own :func:`~maskkv.sampling.generate.bind_denoiser`) and wraps the per-request denoiser so
 that a callback sees the canvas before every forward pass and the press's plan after the first one. The
 tokens are exactly ``generate``'s (tested); nothing in the sampler or the caches is changed.
 """
@@ -62,19 +62,12 @@ class StepHook:
         self.before_pass = on_pass
         self.after_first_pass = on_first_pass
 
-    def bind(self, model: Any, prompt_length: int, press: Any = None, *, block_length: int | None = None,
-             kept_attention: bool = False) -> _ObservedDenoiser:
-        from ..cache import DLLMCache
+    def bind(self, model: Any, prompt_length: int, press: Any = None, *,
+             block_length: int | None = None) -> _ObservedDenoiser:
+        from ..sampling.generate import bind_denoiser
 
-        if self.policy is not None:
-            inner = self.policy.bind(model, prompt_length, press=press, block_length=block_length)
-        elif press is not None:
-            # generate's own path for a press without a cache: every row recomputed, attending to kept keys only
-            every_pass = DLLMCache(prompt_interval=1, response_interval=1, transfer_ratio=0.0)
-            inner = every_pass.bind(model, prompt_length, press=press, kept_attention=True)
-        else:
-            inner = model
-        return _ObservedDenoiser(inner, self)
+        return _ObservedDenoiser(bind_denoiser(model, prompt_length, self.policy, press, block_length=block_length),
+                                 self)
 
 
 def kept_counts(plan: Any, prompt_length: int, num_layers: int, num_kv_heads: int, batch: int,
