@@ -176,3 +176,19 @@ def test_no_host_sync_in_a_cuda_decode_step(checkpoint):
         denoiser, lambda m: maskkv.generate(m, prompt, gen_length=16, steps=16, block_length=16)
     )
     assert counts.summary()["syncs_per_step_max"] == 0, counts.summary()["sync_ops"]
+
+
+def test_cuda_graphs_follow_a_loop_that_asks_for_other_positions_each_pass(checkpoint):
+    """Dream's origin remasking keeps the reference's device reads: each pass may ask for a different number
+    of positions, and each shape gets its own graph (same tokens as eager, no shape error)."""
+    model = load_model(checkpoint, device="cuda", dtype=torch.float32)
+    if model.config.family != "dream":
+        pytest.skip("origin remasking is Dream's")
+    prompt = _prompt(model.config.vocab_size, 1, 48, seed=4).cuda()
+    kwargs = dict(gen_length=16, steps=16, block_length=8, remasking="origin")
+    torch.manual_seed(0)
+    eager = maskkv.generate(model, prompt, cache=DLLMCache(), **kwargs)
+    denoiser = DLLMCache(cuda_graphs=True).bind(model, prompt.shape[1], block_length=8)
+    torch.manual_seed(0)
+    graphed = maskkv.generate(denoiser, prompt, **kwargs)
+    assert torch.equal(graphed.sequences, eager.sequences)

@@ -173,6 +173,20 @@ def test_a_committed_mask_token_without_reset_is_reported(model, monkeypatch):
         generate(NoReset(), _prompt(model, 20), gen_length=8, steps=8)
 
 
+@pytest.mark.parametrize("system", ["vanilla", "maskkv"])
+def test_the_bench_wrappers_follow_a_committed_mask_re_run(model, system, monkeypatch):
+    """The bench's PassTimer and the op counter's wrapper pass ``reset`` on: same tokens as unwrapped."""
+    from maskkv.bench.opcount import _CountedDenoiser
+    from maskkv.bench.systems import PassTimer
+
+    prompt, kwargs = _prompt(model, seed=11), dict(gen_length=16, steps=16, block_length=8)
+    _propose_mask(model, monkeypatch)
+    plain = generate(_denoiser(model, system, block_length=8), prompt, **kwargs)
+    for wrap in (PassTimer, lambda inner: _CountedDenoiser(inner, OpCounter())):
+        wrapped = generate(wrap(_denoiser(model, system, block_length=8)), prompt, **kwargs)
+        assert torch.equal(wrapped.sequences, plain.sequences)
+
+
 # ----- item 2: at most 50 aten ops per layer per step ------------------------------------------------
 
 
@@ -324,6 +338,32 @@ def test_first_pass_releases_each_layers_full_kv_after_eviction(model, tmp_path)
     cfg = model.config
     full_layer_kv = 2 * cfg.num_kv_heads * (PROMPT + GEN) * cfg.head_dim * 4
     assert denoiser.stats.peak_bytes <= full_layer_kv + denoiser.stats.total_bytes
+
+
+def test_replacing_the_prompt_kv_releases_the_old_buffer():
+    """Eviction frees the layer's full K/V at once: no memo of response views keeps the old buffer alive."""
+    import weakref
+
+    from maskkv.cache.state import LayerCache, RaggedPrompt
+
+    def layer() -> LayerCache:
+        k, v = torch.randn(1, 2, 10 + 4, 8), torch.randn(1, 2, 10 + 4, 8)
+        out = LayerCache(k=k, v=v, prompt_slots=10, prompt_valid=None, resp_attn=torch.zeros(1, 4, 16),
+                         resp_mlp=torch.zeros(1, 4, 16))
+        out.resp_k  # the views memo now refers to the full buffer
+        return out
+
+    cache = layer()
+    old = weakref.ref(cache.k)
+    cache.replace_prompt(torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8), None)
+    assert old() is None and cache.k.shape[2] == 3 + 4
+    cache = layer()
+    old = weakref.ref(cache.k)
+    counts = torch.tensor([[2, 3]])
+    cache.store_ragged(RaggedPrompt(k=torch.randn(5, 8), v=torch.randn(5, 8), counts=counts,
+                                    offsets=torch.tensor([0, 2, 5]), slot_rows=torch.tensor([[[0, 1, 0], [2, 3, 4]]]),
+                                    valid=torch.tensor([[[True, True, False], [True, True, True]]])))
+    assert old() is None and cache.k.shape[2] == 4
 
 
 # ----- items 4 and 5: the capture path (CUDA graphs run in tests/test_cuda.py) -----------------------

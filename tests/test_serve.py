@@ -474,6 +474,8 @@ def test_serve_cli_rejects_bad_options_without_a_traceback(tmp_path):
     for args, needle in ((["--press", "nope"], "unknown press 'nope'"),
                          (["--press", "maskkv", "--cache", "fast-dual"], "does not evict"),
                          (["--profile", str(tmp_path / "missing.json")], "existing profile JSON"),
-                         (["--max-batch-size", "0"], "must be positive")):
+                         (["--max-batch-size", "0"], "--max-batch-size must be an integer >= 1"),
+                         (["--batch-wait-ms", "nan"], "--batch-wait-ms must be >= 0 and finite"),
+                         (["--sse-keepalive-s", "0"], "--sse-keepalive-s must be > 0")):
         result = CliRunner().invoke(main, ["serve", "--model", str(MODEL), *args])
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, result.output

@@ -125,6 +125,12 @@ class _CountedDenoiser:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def reset(self) -> None:
+        """``generate`` re-runs a call whose model committed the mask token: start the inner denoiser afresh."""
+        inner_reset = getattr(self.inner, "reset", None)
+        if inner_reset is not None:
+            inner_reset()
+
     def begin_block(self, start: int, end: int) -> None:
         self.counter.segment("block")
         begin_block = getattr(self.inner, "begin_block", None)

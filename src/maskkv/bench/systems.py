@@ -155,6 +155,12 @@ class PassTimer:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
+    def reset(self) -> None:
+        """``generate`` re-runs a call whose model committed the mask token: start the inner denoiser afresh."""
+        inner_reset = getattr(self.inner, "reset", None)
+        if inner_reset is not None:
+            inner_reset()
+
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   positions: torch.Tensor) -> torch.Tensor:  # fmt: skip
         if self.max_passes is not None and len(self.seconds) >= self.max_passes:

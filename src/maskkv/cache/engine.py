@@ -83,7 +83,7 @@ class CachedDenoiser:
         self._resp_rope: RopeTable | None = None  # the response rows
         self._block: tuple[int, int] | None = None  # the sampler's current block (begin_block): positions trusted
         self.graphs: StepGraphs | None = StepGraphs() if policy.cuda_graphs else None  # used on CUDA only
-        self._kind_records: dict[str, PassRecord] = {}
+        self._kind_records: dict[tuple[str, tuple[int, ...]], PassRecord] = {}
         self._full_bias: torch.Tensor | None = None
         self._prompt_pad_rows: torch.Tensor | None = None  # Dream: [B, P, 1] True at pad rows
         self._prompt_valid: torch.Tensor | None = None  # [B, P] bool, None when unpadded
@@ -152,7 +152,8 @@ class CachedDenoiser:
         """A pass without prompt refresh, replayed from a CUDA graph of its kind when graphs are on."""
         if self.graphs is None or not graphs_usable(input_ids):
             return self.decode_pass(input_ids, positions, refresh_response, record)
-        key = "response" if refresh_response else "transfer"
+        # one graph per kind and shape (a loop with device reads may ask for other positions each pass)
+        key = ("response" if refresh_response else "transfer", tuple(positions.shape))
         if key in self._kind_records:  # replayed: the rows are those of the captured pass
             template = self._kind_records[key]
             record.rows_per_layer, record.projected_rows = list(template.rows_per_layer), template.projected_rows

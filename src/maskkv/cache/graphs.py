@@ -49,6 +49,7 @@ class StepGraphs:
         """
         if self.failure is not None:
             return fn(*inputs)
+        key = (key, tuple(tuple(t.shape) for t in inputs))  # a graph replays fixed shapes only
         entry = self._graphs.get(key)
         if entry is not None:
             for static, new in zip(entry.inputs, inputs):

@@ -105,6 +105,7 @@ class LayerCache:
             self.k = torch.cat([k, resp_k], dim=2)
             self.v = torch.cat([v, resp_v], dim=2)
             self.prompt_slots = k.shape[2]
+            self._views = ()  # the memo held the old K/V alive
         self.prompt_valid = valid
         self.ragged = None
 
@@ -112,6 +113,7 @@ class LayerCache:
         """Hold ``prompt`` as the kept prompt K/V; ``k``/``v`` keep only the response rows."""
         resp_k, resp_v = self._response_views()
         self.k, self.v = resp_k.clone(), resp_v.clone()
+        self._views = ()  # the memo held the full K/V alive
         self.prompt_slots = 0
         self.prompt_valid = None
         self.ragged = prompt

@@ -75,14 +75,6 @@ class RopeTable:
         """The table of canvas rows ``[start, stop)``."""
         return RopeTable(self.cos[:, start:stop], self.sin[:, start:stop], self.in_fp32)
 
-    def take(self, rows: torch.Tensor) -> RopeTable:
-        """The table of per-sample rows ``rows [B, R]`` (int64 canvas positions)."""
-        cos, sin = self.cos, self.sin
-        if cos.shape[0] != rows.shape[0]:
-            cos, sin = cos.expand(rows.shape[0], -1, -1, -1), sin.expand(rows.shape[0], -1, -1, -1)
-        index = rows[:, :, None, None].expand(-1, -1, 1, cos.shape[-1])
-        return RopeTable(cos.gather(1, index), sin.gather(1, index), self.in_fp32)
-
     def rotate_(self, t: torch.Tensor) -> torch.Tensor:
         """Rotate ``t [B, T, heads, hd]`` in place (a view is fine) and return it.
 

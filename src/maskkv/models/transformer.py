@@ -213,10 +213,6 @@ class DecoderBlock(nn.Module):
         """
         return self.split_heads(self.project_rows(self.attn_norm(x), rope))
 
-    def project_qkv(self, h: torch.Tensor, rope: RopeTable) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Like :meth:`qkv` for rows that are already normed (``h = attn_norm(x)``)."""
-        return self.split_heads(self.project_rows(h, rope))
-
     def project_rows(self, h: torch.Tensor, rope: RopeTable) -> torch.Tensor:
         """One q/k/v GEMM of normed rows ``h [B, T, d]`` -> ``[B, T, H + 2 Hkv, hd]``, q and k heads rotated."""
         cfg = self.config

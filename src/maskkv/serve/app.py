@@ -173,9 +173,6 @@ def create_app(config: ServerConfig, worker: ModelWorker | None = None) -> FastA
 
     # ----- generation ---------------------------------------------------------------------------
 
-    def _decode_key(req: Any) -> DecodeKey:
-        return resolve_decode_key(req, config, worker)
-
     async def _start(request: Request, req: Any, prompt_ids: list[int], param: str) -> Job:
         limit = config.max_prompt_tokens
         if limit is not None and len(prompt_ids) > limit:
@@ -184,7 +181,7 @@ def create_app(config: ServerConfig, worker: ModelWorker | None = None) -> FastA
         if worker.model.config.mask_token_id in prompt_ids:
             raise APIError(400, "the prompt contains the model's mask token; remove it (infilling is not supported)",
                            param=param)
-        key = _decode_key(req)
+        key = resolve_decode_key(req, config, worker)
         job = Job(request_id=request.scope["state"]["request_id"], prompt_ids=prompt_ids, key=key,
                   stops=req.stop_strings(), kept_tokens=req.maskkv.kept_tokens, loop=asyncio.get_running_loop())
         worker.submit(job)
@@ -206,7 +203,9 @@ def create_app(config: ServerConfig, worker: ModelWorker | None = None) -> FastA
 
         req = parse_request(await request.body(), ChatCompletionRequest)
         _check(req)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+        # `name` goes to the chat template as OpenAI defines it (templates that have no use for it ignore it)
+        messages = [{"role": m.role, "content": m.text(), **({"name": m.name} if m.name else {})}
+                    for m in req.messages]
         try:
             ids = encode_messages(worker.tokenizer, messages)[0].tolist()
         except ValueError as err:

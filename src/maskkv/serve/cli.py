@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from ..validation import click_check
+
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -25,10 +27,7 @@ def _parse_profiles(values: tuple[str, ...]) -> dict[str, str]:
     return profiles
 
 
-def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None and value <= 0:
-        raise click.BadParameter(f"must be positive, got {value}")
-    return value
+_positive = click_check(low=1, integer=True)
 
 
 @click.command("serve")
@@ -61,9 +60,10 @@ def _positive(ctx: click.Context, param: click.Parameter, value: int | None) -> 
               help="Queued requests beyond this are refused with 503.")
 @click.option("--max-prompt-tokens", type=int, default=None, callback=_positive,
               help="Refuse longer prompts with 400 (default: no limit).")
-@click.option("--batch-wait-ms", type=float, default=10.0, show_default=True,
+@click.option("--batch-wait-ms", type=float, default=10.0, show_default=True, callback=click_check(low=0.0),
               help="How long the worker waits for more requests with the same settings before decoding.")
 @click.option("--sse-keepalive-s", type=float, default=10.0, show_default=True,
+              callback=click_check(low=0.0, low_open=True),
               help="Seconds between SSE keep-alive comments while no block is ready.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
@@ -90,8 +90,6 @@ def serve(model_path: str, host: str, port: int, served_model_name: str | None, 
     if press_name is not None and cache_kind.startswith("fast-"):
         raise click.BadParameter(f"--cache {cache_kind} (Fast-dLLM) does not evict; use --cache dllm with --press",
                                  param_hint="--cache")
-    if batch_wait_ms < 0:
-        raise click.BadParameter("must be >= 0", param_hint="--batch-wait-ms")
     named = _parse_profiles(profiles)
     local = Path(model_path)
     if model_path and not local.exists() and model_path.startswith((".", "/")):

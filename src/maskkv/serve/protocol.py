@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-CACHE_KINDS = ("none", "dllm", "fast-prefix", "fast-dual")
 
 # OpenAI fields that maskkv does not implement, with the values that mean "off" (accepted: they change nothing).
 UNSUPPORTED_FIELDS: dict[str, tuple[Any, ...]] = {
