@@ -13,11 +13,11 @@ import click
 import torch
 from rich.console import Console
 
+from .models.loading import WEIGHT_DTYPES as _DTYPES
 from .validation import click_check as _checked
 
 console = Console(stderr=True)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # What a user can cause: bad values, missing / malformed / mismatched files, an unreachable hub.
 _USER_ERRORS = (ValueError, OSError, KeyError)
 

@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from ..models.loading import WEIGHT_DTYPES
 from ..validation import click_check
 from .common import (
     CACHE_KINDS,
@@ -28,7 +29,6 @@ from .common import (
 )
 
 console = Console(stderr=True)
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -65,7 +65,7 @@ def model_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--model", "model_path", required=True, help="Checkpoint folder or hub id."),
         click.option("--device", default="cpu", show_default=True,
                      help="torch device; 'cuda' becomes cuda:LOCAL_RANK under torchrun/accelerate."),
-        click.option("--dtype", type=click.Choice(_DTYPES), default=None,
+        click.option("--dtype", type=click.Choice(sorted(WEIGHT_DTYPES)), default=None,
                      help="Weights dtype (default: float32 on CPU, bfloat16 elsewhere)."),
         click.option("--rope-scaling-factor", type=float, default=1.0, show_default=True,
                      callback=click_check(low=0.0, low_open=True),

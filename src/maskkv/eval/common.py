@@ -494,10 +494,10 @@ class ModelHandle:
     @property
     def model(self) -> Any:
         if self._model is None:
-            from ..models.loading import load_model
+            from ..models.loading import WEIGHT_DTYPES, load_model
 
-            dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-            self._model = load_model(self.path, device=self.device, dtype=dtypes[self.dtype] if self.dtype else None,
+            self._model = load_model(self.path, device=self.device,
+                                     dtype=WEIGHT_DTYPES[self.dtype] if self.dtype else None,
                                      rope_scaling_factor=self.rope_scaling_factor)
         return self._model
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import torch
-
 from ..eval.common import EvalError
+from ..models.loading import WEIGHT_DTYPES as DTYPES  # noqa: F401 - the dtype names model_args accept
 
 #: Every ``--model_args`` key and its meaning (``press_<field>`` keys come on top).
 MODEL_ARGS: dict[str, str] = {
@@ -39,7 +38,6 @@ MODEL_ARGS: dict[str, str] = {
 }
 HARNESS_KEYS = ("max_batch_size", "trust_remote_code")  # passed by lm-eval; nothing to do here
 TRUNCATIONS = ("left", "middle", "error")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class ModelArgsError(EvalError):

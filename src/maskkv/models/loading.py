@@ -35,6 +35,9 @@ class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded as it is; the message says what to do."""
 
 
+# The weight dtypes a user can name (``--dtype``, ``dtype=`` in model_args), by name.
+WEIGHT_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
 def _looks_like_hub_id(text: str) -> bool:
     """Hub ids are exactly ``owner/name``; anything else is a local path."""
     return text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
+from ..models.loading import WEIGHT_DTYPES
 from ..validation import click_check
 
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _parse_profiles(values: tuple[str, ...]) -> dict[str, str]:
@@ -36,7 +36,7 @@ _positive = click_check(low=1, integer=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--served-model-name", default=None, help="The `model` clients send (default: the folder name).")
 @click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda.")
-@click.option("--dtype", type=click.Choice(_DTYPES), default=None,
+@click.option("--dtype", type=click.Choice(sorted(WEIGHT_DTYPES)), default=None,
               help="Weights dtype (default: float32 on CPU, bfloat16 elsewhere).")
 @click.option("--cache", "cache_kind", type=click.Choice(["dllm", "fast-prefix", "fast-dual", "none"]),
               default="dllm", show_default=True, help="Default cache of a request.")
@@ -80,8 +80,6 @@ def serve(model_path: str, host: str, port: int, served_model_name: str | None, 
     except ModuleNotFoundError as err:
         raise click.ClickException(f"maskkv serve needs the 'serve' extra ({err.name} is missing): "
                                    "pip install 'maskkv[serve]'") from None
-    import torch
-
     from ..presses import PRESSES
 
     if press_name is not None and press_name not in PRESSES:
@@ -95,7 +93,7 @@ def serve(model_path: str, host: str, port: int, served_model_name: str | None, 
     if model_path and not local.exists() and model_path.startswith((".", "/")):
         raise click.BadParameter(f"{model_path} does not exist", param_hint="--model")
     name = served_model_name or (local.name if local.exists() else model_path)
-    worker = WorkerSettings(model_path=model_path, device=device, dtype=getattr(torch, dtype) if dtype else None,
+    worker = WorkerSettings(model_path=model_path, device=device, dtype=WEIGHT_DTYPES[dtype] if dtype else None,
                             max_batch_size=max_batch_size, max_queue=max_queue, batch_wait_ms=batch_wait_ms,
                             max_batch_tokens=max_batch_tokens, profiles=named)
     config = ServerConfig(worker=worker, served_model_name=name, cache=cache_kind, press=press_name, budget=budget,
