@@ -479,3 +479,58 @@ def test_serve_cli_rejects_bad_options_without_a_traceback(tmp_path):
                          (["--sse-keepalive-s", "0"], "--sse-keepalive-s must be > 0")):
         result = CliRunner().invoke(main, ["serve", "--model", str(MODEL), *args])
         assert result.exit_code == 2 and needle in result.output and "Traceback" not in result.output, result.output
+
+
+@pytest.mark.parametrize("asgi_version", ["2.4", "2.3"])
+def test_stream_whose_client_left_before_the_first_byte_is_cancelled_and_uncounted(asgi_version):
+    """A client gone before the response starts: the job is cancelled and ``in_flight`` returns to 0.
+
+    Starlette never starts the event generator in that case (ASGI 2.4: sending the start raises ``OSError``;
+    older: the disconnect listener cancels the sender first), so the bookkeeping must not live in the generator.
+    """
+    from maskkv.serve.app import ServerConfig, create_app
+    from maskkv.serve.metrics import ServerMetrics
+    from maskkv.serve.worker import ModelWorker, WorkerSettings
+
+    settings = WorkerSettings(model_path=str(MODEL))
+    worker = ModelWorker(settings, ServerMetrics())
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not worker.ready and worker.load_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.ready, worker.load_error
+        app = create_app(ServerConfig(worker=settings, served_model_name=NAME, max_tokens=GEN, block_length=BLOCK),
+                         worker=worker)
+        submitted = []
+        submit = worker.submit
+        worker.submit = lambda job: (submitted.append(job), submit(job))[1]
+        body = json.dumps({"model": NAME, "stream": True, "max_tokens": GEN,
+                           "messages": [{"role": "user", "content": "hello"}]}).encode()
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": asgi_version}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+                 "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop(0)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                await asyncio.sleep(0.05)  # the disconnect listener gets in first (ASGI < 2.4)
+                raise OSError("the client has gone")
+
+        async def call() -> None:
+            try:
+                await app(scope, receive, send)
+            except Exception:  # noqa: BLE001 - what Starlette raises for the gone client is not the point here
+                pass
+
+        asyncio.run(call())
+        assert len(submitted) == 1 and submitted[0].cancelled.is_set()
+        assert app.state.metrics.in_flight._value.get() == 0
+    finally:
+        worker.stop()

@@ -229,10 +229,9 @@ def create_app(config: ServerConfig, worker: ModelWorker | None = None) -> FastA
     async def _respond(request: Request, req: Any, job: Job, *, chat: bool) -> Response:
         prefix = "chatcmpl-" if chat else "cmpl-"
         head = {"id": prefix + job.request_id, "created": int(time.time()), "model": config.served_model_name}
-        metrics.in_flight.inc()
         if req.stream:
-            return StreamingResponse(_stream(job, req, head, chat), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _JobStream(job, metrics, _stream(job, req, head, chat))
+        metrics.in_flight.inc()
         try:
             result = await _wait_result(request, job)
         finally:
@@ -307,9 +306,30 @@ def create_app(config: ServerConfig, worker: ModelWorker | None = None) -> FastA
             yield "data: [DONE]\n\n"
         finally:
             job.cancelled.set()  # a no-op after "done"; stops the job if the client went away
-            metrics.in_flight.dec()
 
     return app
+
+
+class _JobStream(StreamingResponse):
+    """An SSE response that owns its job: counted in flight while it is sent, and the job cancelled when it ends.
+
+    The bookkeeping lives here, not in the event generator, because a client that goes away before the first byte
+    ends the response before the generator ever starts, and an unstarted generator runs no ``finally``.
+    """
+
+    def __init__(self, job: Job, metrics: ServerMetrics, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.job = job
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.metrics.in_flight.inc()
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancelled.set()  # a no-op after "done"; stops the job if the client went away
+            self.metrics.in_flight.dec()
 
 
 def _usage(result: dict[str, Any]) -> dict[str, int]:
