@@ -92,3 +92,23 @@ def test_demo(dream_dir, top_k_seen, tmp_path):
     run_demo(str(dream_dir), tmp_path, haystack_tokens=96, gen_length=4, steps=4, budget=16,
              console=Console(quiet=True))
     assert top_k_seen and set(top_k_seen) == {50}
+
+
+def test_eval_runs_record_dreams_sampler_filters_and_refuse_an_unfiltered_run(dream_dir, tmp_path):
+    """A Dream run's configuration names the filters ``generate`` applies by default; a run recorded before them
+    (same settings, no filters) is not resumed into a mix of unfiltered and top-50 predictions."""
+    from maskkv.eval.common import EvalError, GenerationConfig, ModelHandle, RunContext, prepare_run_dir
+    from maskkv.models.tiny import write_tiny_checkpoint
+
+    record = ModelHandle(path=str(dream_dir)).record()
+    assert record["sampler_filters"] == {"top_k": 50, "top_p": 1.0}
+    llada = ModelHandle(path=str(write_tiny_checkpoint(tmp_path / "llada", "llada", seed=1))).record()
+    assert "sampler_filters" not in llada  # LLaDA's reference has no hidden defaults: its run hashes are unchanged
+
+    config = {"model": record, "generation": GenerationConfig(remasking="entropy").record()}
+    older = {**config, "model": {k: v for k, v in record.items() if k != "sampler_filters"}}
+    prepare_run_dir(RunContext(run_dir=tmp_path / "run", config=older, progress=False), overwrite=False)
+    with pytest.raises(EvalError, match="model.sampler_filters"):
+        prepare_run_dir(RunContext(run_dir=tmp_path / "run", config=config, progress=False), overwrite=False)
+    prepare_run_dir(RunContext(run_dir=tmp_path / "fresh", config=config, progress=False), overwrite=False)
+    prepare_run_dir(RunContext(run_dir=tmp_path / "fresh", config=config, progress=False), overwrite=False)

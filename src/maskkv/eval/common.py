@@ -510,15 +510,27 @@ class ModelHandle:
         return read_config(resolve_checkpoint(self.path), rope_scaling_factor=self.rope_scaling_factor)
 
     def record(self) -> dict[str, Any]:
+        """The model part of a run's configuration (hashed: a run resumes only under the same record).
+
+        A Dream run also records the sampler filters :func:`maskkv.generate` applies when they are left unset
+        (the reference's top-k 50 / top-p 1.0), so that a run begun before those defaults cannot be resumed
+        into a mix of unfiltered and filtered predictions. LLaDA's reference has no hidden defaults.
+        """
+        from ..sampling.generate import REFERENCE_DEFAULTS
+
         local = Path(self.path).expanduser()
         config = self.model_config()
-        return {
+        record: dict[str, Any] = {
             "path": str(local.resolve()) if local.exists() else self.path,
             "family": config.family,
             "dtype": self.dtype or ("float32" if self.device == "cpu" else "bfloat16"),
             "rope_scaling_factor": self.rope_scaling_factor,
             "max_position_embeddings": config.max_position_embeddings,
         }
+        filters = {k: v for k, v in REFERENCE_DEFAULTS[config.family].items() if k in ("top_k", "top_p")}
+        if filters:
+            record["sampler_filters"] = filters
+        return record
 
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
