@@ -1,7 +1,8 @@
 """Transcriptions of the dLLM repositories' lm-eval log-likelihood estimators, for tests only.
 
 - ``llada_reference``: ML-GSAI/LLaDA ``eval_llada.py`` (``LLaDAEvalHarness._forward_process``, ``get_logits``,
-  ``get_loglikelihood``), with the model call ``model(batch).logits``.
+  ``get_loglikelihood``), with the model call ``model(batch).logits``; ``llada_greedy_reference``: its
+  ``suffix_greedy_prediction`` (the check behind ``is_check_greedy=True``, the class's default).
 - ``dream_reference``: DreamLM/Dream ``eval/eval.py`` (``Dream._forward_process``, ``get_logits``,
   ``_eval_target_nll_mc`` with ``log_type="ftb"``), negated as its ``loglikelihood`` does.
 
@@ -53,6 +54,37 @@ def llada_reference(model, prefix, target, *, mc_num, batch_size, mask_id, cfg=0
             loss = F.cross_entropy(logits[mask_indices], seq[mask_indices], reduction="none") / p_mask[mask_indices]
             loss_acc.append((loss.sum() / batch_size).item())
     return -sum(loss_acc) / len(loss_acc)
+
+
+def llada_greedy_reference(model, prefix, target, *, mask_id, cfg=0.0):
+    device = model.embed_tokens.weight.device
+    seq = torch.full((1, len(prefix) + len(target)), mask_id, device=device)
+    prompt_index = torch.arange(seq.shape[1], device=device) < len(prefix)
+    prefix, target = prefix.to(device), target.to(device)
+    seq[0, :len(prefix)] = prefix
+
+    def get_logits(batch):
+        if cfg > 0.0:
+            un_batch = batch.clone()
+            un_batch[prompt_index.unsqueeze(0).repeat(batch.shape[0], 1)] = mask_id
+            batch = torch.cat([batch, un_batch])
+        logits = model(batch).logits
+        if cfg > 0.0:
+            logits, un_logits = torch.chunk(logits, 2, dim=0)
+            logits = un_logits + (cfg + 1) * (logits - un_logits)
+        return logits
+
+    with torch.no_grad():
+        for _ in range(len(target)):
+            mask_index = seq == mask_id
+            logits = get_logits(seq)[mask_index]
+            x0 = torch.argmax(logits, dim=-1)
+            p = torch.softmax(logits.to(torch.float32), dim=-1)
+            confidence = torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)).squeeze(dim=-1)
+            _, index = torch.sort(confidence, descending=True)
+            x0[index[1:]] = mask_id
+            seq[mask_index] = x0.clone()
+    return bool(torch.all(target == seq[0, len(prefix):])), seq[0, len(prefix):].clone()
 
 
 def dream_reference(model, prefix, target, *, mc_num, batch_size, mask_id, sampling_eps=1e-3):

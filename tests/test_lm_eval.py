@@ -31,7 +31,7 @@ from maskkv.presses import MaskKVPress  # noqa: E402
 from maskkv.text import decode_answer, encode_prompt  # noqa: E402
 from maskkv.train.evaluate import heldout_samples, make_heldout_builder  # noqa: E402
 
-from reference_lm_eval import dream_reference, llada_reference  # noqa: E402
+from reference_lm_eval import dream_reference, llada_greedy_reference, llada_reference  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "longbench"
 TINY = shipped_model_path()
@@ -304,7 +304,18 @@ def test_loglikelihood_equals_llada_reference():
     torch.manual_seed(7)
     ref = llada_reference(lm.model, torch.tensor(prefix), torch.tensor(whole[len(prefix):]), mc_num=8,
                           batch_size=4, mask_id=lm.model.config.mask_token_id)
-    assert ours == pytest.approx(ref, abs=1e-5) and greedy is False and math.isfinite(ours)
+    assert ours == pytest.approx(ref, abs=1e-5) and math.isfinite(ours)
+    # is_greedy: LLaDA's reference checks it by default (is_check_greedy=True)
+    want, decoded = llada_greedy_reference(lm.model, torch.tensor(prefix), torch.tensor(whole[len(prefix):]),
+                                           mask_id=lm.model.config.mask_token_id)
+    assert greedy is want
+    greedy_text = lm.tokenizer.decode(decoded)  # the span the reference decodes, as a continuation
+    assert lm.tokenizer(context + greedy_text)["input_ids"][len(prefix):] == decoded.tolist()
+    (_, is_greedy), (_, wrong) = lm.loglikelihood([Instance("loglikelihood", {}, (context, greedy_text), 0),
+                                                   Instance("loglikelihood", {}, (context + " ", "17"), 0)])
+    assert is_greedy is True and wrong is False
+    off = MaskKVLM(pretrained=str(TINY), device="cpu", mc_num=8, mc_batch_size=4, is_check_greedy="False")
+    assert off.loglikelihood([Instance("loglikelihood", {}, (context + " ", continuation.lstrip()), 0)])[0][1] is False
 
 
 def test_loglikelihood_equals_dream_reference(tmp_path):
@@ -319,7 +330,9 @@ def test_loglikelihood_equals_dream_reference(tmp_path):
     torch.manual_seed(3)
     ref = dream_reference(lm.model, torch.tensor(prefix), torch.tensor(whole[len(prefix):]), mc_num=6,
                           batch_size=4, mask_id=lm.model.config.mask_token_id)
-    assert ours == pytest.approx(ref, abs=1e-5)
+    assert ours == pytest.approx(ref, abs=1e-5) and _ is False  # Dream's reference never checks greedy decoding
+    with pytest.raises(ModelArgsError, match="is_check_greedy=True: Dream's reference"):
+        MaskKVLM(pretrained=str(folder), device="cpu", is_check_greedy=True)
     with pytest.raises(NotImplementedError, match="not defined for masked diffusion"):
         lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, ("text",), 0)])
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import maskkv
-from maskkv.lmeval.likelihood import dream_loglikelihood, llada_loglikelihood
+from maskkv.lmeval.likelihood import dream_loglikelihood, llada_is_greedy, llada_loglikelihood
 from maskkv.models.tiny import write_tiny_checkpoint
 
-from reference_lm_eval import dream_reference, llada_reference
+from reference_lm_eval import dream_reference, llada_greedy_reference, llada_reference
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,21 @@ def test_bad_arguments_are_named(tiny_models):
         llada_loglikelihood(model, torch.arange(3), torch.arange(2), mc_num=6, batch_size=4)
     with pytest.raises(ValueError, match="continuation is empty"):
         dream_loglikelihood(tiny_models["dream"], torch.arange(3), torch.arange(0), mc_num=4, batch_size=4)
+
+
+@pytest.mark.parametrize("prefix_len,target_len,cfg", [(7, 5, 0.0), (3, 1, 0.0), (12, 9, 0.0), (5, 4, 1.5)])
+def test_llada_greedy_check_equals_reference(tiny_models, prefix_len, target_len, cfg):
+    """``is_greedy`` as LLaDA's ``suffix_greedy_prediction``: False for a random target, True for the span the
+    reference decodes, and False again when one token of that span is changed."""
+    model = tiny_models["llada"]
+    mask_id = model.config.mask_token_id
+    gen = torch.Generator().manual_seed(prefix_len * 10 + target_len)
+    ids = torch.randint(0, 200, (prefix_len + target_len,), generator=gen)
+    prefix, target = ids[:prefix_len], ids[prefix_len:]
+    want, decoded = llada_greedy_reference(model, prefix, target, mask_id=mask_id, cfg=cfg)
+    assert llada_is_greedy(model, prefix, target, cfg_scale=cfg) is want
+    assert llada_greedy_reference(model, prefix, decoded, mask_id=mask_id, cfg=cfg)[0] is True
+    assert llada_is_greedy(model, prefix, decoded, cfg_scale=cfg) is True
+    changed = decoded.clone()
+    changed[-1] = (changed[-1] + 1) % 200
+    assert llada_is_greedy(model, prefix, changed, cfg_scale=cfg) is False

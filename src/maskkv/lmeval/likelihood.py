@@ -112,3 +112,27 @@ def dream_loglikelihood(model: Any, prefix: torch.Tensor, target: torch.Tensor, 
                                   mask_id, 0.0))
     values = torch.stack(losses).tolist()
     return -sum(values) / len(values)
+
+
+@torch.no_grad()
+def llada_is_greedy(model: Any, prefix: torch.Tensor, target: torch.Tensor, *, cfg_scale: float = 0.0) -> bool:
+    """LLaDA's ``suffix_greedy_prediction``: is ``target`` what greedy decoding of its masked span gives?
+
+    From ``[prefix | MASK x T]``, each of ``T`` forwards unmasks one continuation position: the masked position
+    whose argmax token has the highest fp32 softmax probability gets that token. The answer is True when the
+    decoded span equals ``target`` (lm-eval's ``is_greedy``, e.g. LAMBADA's accuracy).
+    """
+    _check(prefix, target, 1, 1)
+    device = model.embed_tokens.weight.device
+    mask_id = model.config.mask_token_id
+    start = prefix.numel()
+    seq = torch.full((1, start + target.numel()), mask_id, dtype=torch.long, device=device)
+    seq[0, :start] = prefix.to(device)
+    for _ in range(target.numel()):
+        masked = (seq[0, start:] == mask_id).nonzero().squeeze(1)  # continuation columns still masked
+        logits = _continuation_logits(model, seq, start, mask_id, cfg_scale)[0, masked]
+        tokens = logits.argmax(dim=-1)
+        confidence = torch.softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        best = torch.sort(confidence, descending=True).indices[0]
+        seq[0, start + masked[best]] = tokens[best]
+    return bool(torch.equal(seq[0, start:], target.to(device)))

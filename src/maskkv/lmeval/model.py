@@ -10,7 +10,8 @@ imports it and runs lm-eval's own command line; from Python, pass a :class:`Mask
   The answer is cut at the first EOS/EOT token, decoded without special tokens, then cut at the earliest ``until``
   string. Greedy unless the task sets ``do_sample`` (then its ``temperature``, default 1).
 - ``loglikelihood``: each family's reference Monte Carlo estimator (:mod:`maskkv.lmeval.likelihood`), with the
-  reference's tokenisation of (context, continuation); ``is_greedy`` is always False (as in both references).
+  reference's tokenisation of (context, continuation). ``is_greedy``: LLaDA checks it as its reference does by
+  default (``is_check_greedy=True``: one forward per continuation token); Dream's reference never does (False).
 - ``loglikelihood_rolling``: not defined for masked diffusion models; raises with an explanation.
 - Data parallel: under ``accelerate launch`` or ``torchrun`` each process joins a gloo group and lm-eval
   shards the requests by ``rank`` / ``world_size``; ``cuda`` becomes ``cuda:$LOCAL_RANK``.
@@ -40,7 +41,7 @@ from ..eval.common import (
     decode_generated,
     init_process_group,
 )
-from .likelihood import dream_loglikelihood, llada_loglikelihood
+from .likelihood import dream_loglikelihood, llada_is_greedy, llada_loglikelihood
 from .model_args import DTYPES, HARNESS_KEYS, MODEL_ARGS, TRUNCATIONS, ModelArgsError, optional, press_value
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ class MaskKVLM(LM):
         self._batch_size = self._parse_batch_size(get("batch_size", 1))
         self.mc_batch_size = optional(get("mc_batch_size"), int, "mc_batch_size") or self._batch_size
         self.sampling_eps = float(get("sampling_eps", 1e-3))
+        self._check_greedy_arg = get("is_check_greedy")
         if self.mc_num < 1 or self.mc_batch_size < 1:
             raise ModelArgsError(f"model_args mc_num={self.mc_num} and mc_batch_size={self.mc_batch_size} must be >= 1")
 
@@ -130,9 +132,23 @@ class MaskKVLM(LM):
                                 rope_scaling_factor=float(get("rope_scaling_factor", 1.0)))
         self.family = self.model.config.family
         self._check_remasking()
+        self.check_greedy = self._parse_check_greedy(self._check_greedy_arg)
         self.max_length = int(get("max_length") or self.model.config.max_position_embeddings)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None and pad != self.model.config.mask_token_id else self.model.config.eos_token_id
+
+    def _parse_check_greedy(self, value: Any) -> bool:
+        """``is_check_greedy``: unset means the family reference's default (LLaDA True, Dream False)."""
+        if value is None:
+            return self.family == "llada"
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ModelArgsError(f"model_args is_check_greedy={value!r}: use True or False")
+            value = value.lower() in ("true", "1")
+        if bool(value) and self.family != "llada":
+            raise ModelArgsError("model_args is_check_greedy=True: Dream's reference evaluator never checks greedy "
+                                 "decoding (is_greedy is always False); leave it unset for Dream")
+        return bool(value)
 
     def _check_remasking(self) -> None:
         from ..sampling.confidence import LLADA_REMASKING
@@ -337,8 +353,10 @@ class MaskKVLM(LM):
             else:
                 value = dream_loglikelihood(self.model, prefix, target, mc_num=self.mc_num,
                                             batch_size=self.mc_batch_size, eps=self.sampling_eps)
-            results.append((value, False))
-            self.cache_hook.add_partial("loglikelihood", request.args, (value, False))
+            greedy = bool(self.check_greedy and target.numel() and
+                          llada_is_greedy(self.model, prefix, target, cfg_scale=self.cfg))
+            results.append((value, greedy))
+            self.cache_hook.add_partial("loglikelihood", request.args, (value, greedy))
         return results
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:

@@ -33,6 +33,9 @@ MODEL_ARGS: dict[str, str] = {
     "max_gen_toks": "generation length when a task sets none (default 256)",
     "mc_num": "Monte Carlo samples per loglikelihood request (default 128)",
     "mc_batch_size": "noisy copies per forward in loglikelihood (default: batch_size, as the references)",
+    "is_check_greedy": "LLaDA: report whether the continuation is the greedy decoding (lm-eval's is_greedy, e.g. "
+                       "LAMBADA accuracy; default True as LLaDA's reference; False skips its extra forwards). "
+                       "Dream: always False",
     "sampling_eps": "Dream's minimum mask ratio in loglikelihood (default 1e-3)",
     "batch_size": "prompts per generation batch (lm-eval's --batch_size; 'auto' means 1)",
 }
