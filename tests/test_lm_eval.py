@@ -410,3 +410,13 @@ def test_data_parallel_two_cpu_processes(tasks_dir, tmp_path):
     result = json.loads(out.read_text())
     texts, score = _maskkv_generate(_questions(tasks_dir), lambda: None)
     assert result["world_size"] == 2 and result["texts"] == texts and result["score"] == pytest.approx(score)
+
+
+def test_help_lists_every_model_arg_in_wrapped_lines():
+    from maskkv.lmeval.cli import _usage
+    from maskkv.lmeval.model_args import MODEL_ARGS
+
+    text = _usage()
+    listed = {line.split()[0] for line in text.splitlines() if line.startswith("  ") and not line.startswith("   ")}
+    assert set(MODEL_ARGS) <= listed
+    assert max(len(line) for line in text.splitlines()) <= 112

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import textwrap
 
 import click
 
@@ -18,7 +19,9 @@ model_args (key=value, comma separated), plus press_<field>=value for any press 
 def _usage() -> str:
     from .model_args import MODEL_ARGS
 
-    keys = "\n".join(f"  {key:<20} {meaning}" for key, meaning in MODEL_ARGS.items())
+    indent = " " * 23
+    keys = "\n".join(textwrap.fill(meaning, width=110, initial_indent=f"  {key:<20} ", subsequent_indent=indent)
+                     for key, meaning in MODEL_ARGS.items())
     return f"{_USAGE}{keys}\n\nlm-eval's own help follows ('maskkv lm-eval run --help' for the run flags).\n"
 
 
