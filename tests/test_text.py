@@ -126,16 +126,19 @@ def test_left_pad_pads_on_the_left_and_masks_only_the_pads():
 
 
 def test_the_pad_value_never_changes_a_batched_answer(tiny):
-    """Pad keys are masked out: any non-mask pad id gives single-request generate's tokens, row by row."""
+    """Pad keys are masked out: every non-mask pad id gives the same tokens, and each row answers as alone."""
     model, tok = tiny
     prompts = [encode_prompt(tok, d, chat=True)[0].tolist() for d in _documents(tok, [120, 200], seed=0)]
     assert len(prompts[0]) != len(prompts[1])
-    want = _single_answers(model, tok, prompts)
-    assert any(decode_answer(tok, row) for row in want)
-    for pad in (pad_token_id(model.config, tok), 5):
+    want = [decode_answer(tok, row) for row in _single_answers(model, tok, prompts)]
+    assert any(want)
+    generated = []
+    for pad in (pad_token_id(model.config, tok), 5, 100):
         ids, mask = left_pad(prompts, pad)
         out = maskkv.generate(model, ids, attention_mask=mask, gen_length=8, steps=8, block_length=8)
-        assert out.sequences[:, ids.shape[1]:].tolist() == want, pad
+        generated.append(out.sequences[:, ids.shape[1]:].tolist())
+        assert [decode_answer(tok, row) for row in generated[-1]] == want, pad
+    assert generated[0] == generated[1] == generated[2]  # token for token, whatever the pad value
     with pytest.raises(ValueError, match="pads must not use the mask id"):
         ids, mask = left_pad(prompts, model.config.mask_token_id)
         maskkv.generate(model, ids, attention_mask=mask, gen_length=8, steps=8, block_length=8)
