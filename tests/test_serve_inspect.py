@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import random
 import re
+import sys
 
 import pytest
 import torch
@@ -67,3 +68,34 @@ def test_inspect_cli_writes_html_and_png(needle, tmp_path):
     bad = CliRunner().invoke(main, ["inspect", "--model", str(MODEL), "--prompt-file", str(prompt), "--press", "nope",
                                     "--budget", "4", "--out", str(out)])
     assert bad.exit_code != 0 and "unknown press 'nope'" in bad.output and "Traceback" not in bad.output
+
+
+def _small_report() -> dict:
+    counts = [[layer + (i % 3) for layer in range(2)] for i in range(40)]  # [P, D], heads per layer kept
+    return {"tokens": [f"t{i}" for i in range(40)], "counts": counts, "layers": 2, "heads": 4, "answer": "42",
+            "kept_prompt_share": sum(map(sum, counts)) / (2 * 4 * 40), "nfe": 8, "seconds": 0.1, "press": "p"}
+
+
+def test_png_is_drawn_without_pyplot(tmp_path, monkeypatch):
+    """The object API on the Agg canvas: with pyplot unimportable the heat map is still written."""
+    from matplotlib.image import imread
+
+    from maskkv.serve.inspect import render_png
+
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # `import matplotlib.pyplot` now fails
+    path = tmp_path / "kept.png"
+    render_png(_small_report(), path)
+    pixels = imread(path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and float(pixels.std()) > 0
+
+
+def test_png_without_matplotlib_names_the_missing_figure(tmp_path, monkeypatch):
+    from maskkv.eval.common import EvalError
+    from maskkv.serve.inspect import render_png
+
+    for name in [n for n in sys.modules if n == "matplotlib" or n.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(EvalError, match=r"no heat map kept\.png; `pip install matplotlib`"):
+        render_png(_small_report(), tmp_path / "kept.png")
+    assert not (tmp_path / "kept.png").exists()

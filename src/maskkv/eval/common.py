@@ -51,7 +51,15 @@ _SHARD_RE = re.compile(r"^(?P<task>.+)\.rank(?P<rank>\d+)-of-(?P<world>\d+)\.jso
 
 
 class EvalError(ValueError):
-    """A user-facing problem (missing data, unknown task, conflicting run); the message says how to fix it."""
+    """A user-facing problem (missing data, unknown task, conflicting run); the message says how to fix it.
+
+    ``field`` names the setting at fault where there is one (e.g. ``press``), so that a front end can point at
+    its own name for it (the server answers 400 naming ``maskkv.press``).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -407,20 +415,22 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.cache not in CACHE_KINDS:
-            raise EvalError(f"cache={self.cache!r}: use one of {', '.join(CACHE_KINDS)}")
+            raise EvalError(f"cache={self.cache!r}: use one of {', '.join(CACHE_KINDS)}", field="cache")
         if self.press is not None and self.cache.startswith("fast-"):
-            raise EvalError(f"--cache {self.cache} (Fast-dLLM) does not evict; use --cache dllm with --press {self.press}")
+            raise EvalError(f"--cache {self.cache} (Fast-dLLM) does not evict; use --cache dllm with --press {self.press}",
+                            field="cache")
         if self.block_length < 1:
-            raise EvalError(f"block_length={self.block_length} must be >= 1")
+            raise EvalError(f"block_length={self.block_length} must be >= 1", field="block_length")
         if self.steps is not None and self.steps < 1:
-            raise EvalError(f"steps={self.steps} must be >= 1")
+            raise EvalError(f"steps={self.steps} must be >= 1", field="steps")
         if self.press is not None:
             from ..presses import PRESSES
 
             if self.press not in PRESSES:
-                raise EvalError(f"unknown press {self.press!r}; choose one of {', '.join(sorted(PRESSES))} or 'full'")
+                raise EvalError(f"unknown press {self.press!r}; choose one of {', '.join(sorted(PRESSES))} or 'full'",
+                                field="press")
             if self.budget is None or self.budget < 1:
-                raise EvalError(f"--press {self.press} needs a positive --budget, got {self.budget}")
+                raise EvalError(f"--press {self.press} needs a positive --budget, got {self.budget}", field="budget")
             self.make_press()  # field overrides (--press-option) checked before any work starts
         check_number("temperature", self.temperature, low=0.0, hint="0 is greedy")
         self.make_cache()  # its own checks (transfer_ratio, intervals)
@@ -432,13 +442,13 @@ class GenerationConfig:
         becomes 32 with blocks of 8, niah_ruler.md 4.2). Steps scale with the rounded length unless fixed.
         """
         if gen_length < 1:
-            raise EvalError(f"gen_length={gen_length} must be >= 1")
+            raise EvalError(f"gen_length={gen_length} must be >= 1", field="gen_length")
         block = min(self.block_length, gen_length)
         length = -(-gen_length // block) * block
         steps = length if self.steps is None else self.steps
         blocks = length // block
         if steps % blocks:
-            raise EvalError(f"steps={steps} is not divisible by the {blocks} blocks of gen_length={length}")
+            raise EvalError(f"steps={steps} is not divisible by the {blocks} blocks of gen_length={length}", field="steps")
         return length, steps, block
 
     def make_press(self) -> Any:
@@ -536,21 +546,6 @@ class ModelHandle:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
 
-def decode_generated(tokenizer: Any, ids: Sequence[int], *, eos_cut: bool) -> str:
-    """Decode generated ids with ``skip_special_tokens=True``; optionally cut at the first EOS/EOT first.
-
-    No stripping: LongBench's first-line rule strips only leading newlines (longbench.md 3.4, 4.1).
-    """
-    ids = list(ids)
-    if eos_cut:
-        stops = {t for t in (tokenizer.eos_token_id, getattr(tokenizer, "eot_token_id", None)) if t is not None}
-        for i, tok in enumerate(ids):
-            if tok in stops:
-                ids = ids[:i]
-                break
-    return tokenizer.decode(ids, skip_special_tokens=True)
-
-
 @dataclass
 class Generated:
     """A decoded answer and its costs; :meth:`fields` are the deterministic-plus-timing row fields."""
@@ -575,6 +570,7 @@ def generate_text(handle: ModelHandle, gen: GenerationConfig, ids: torch.Tensor,
     reproduce a single uninterrupted run.
     """
     from ..sampling.generate import generate
+    from ..text import decode_answer
 
     model = handle.model
     length, steps, block = gen.lengths(gen_length)
@@ -582,7 +578,8 @@ def generate_text(handle: ModelHandle, gen: GenerationConfig, ids: torch.Tensor,
     out = generate(model, ids.to(model.embed_tokens.weight.device), gen_length=length, steps=steps,
                    block_length=block, temperature=gen.temperature, remasking=gen.remasking,
                    cache=gen.make_cache(), press=gen.make_press())
-    text = decode_generated(handle.tokenizer, out.sequences[0, ids.shape[1]:].tolist(), eos_cut=gen.eos_cut)
+    # no stripping: LongBench's first-line rule strips only leading newlines (longbench.md 3.4, 4.1)
+    text = decode_answer(handle.tokenizer, out.sequences[0, ids.shape[1]:], eos_cut=gen.eos_cut, strip=False)
     peak = kept = None
     if out.cache_bytes is not None:
         peak = int(out.cache_bytes.get("peak", out.cache_bytes.get("total", 0)))

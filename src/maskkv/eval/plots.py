@@ -23,7 +23,7 @@ MISSING_MATPLOTLIB = ("matplotlib, a dependency of maskkv, cannot be imported ({
                       "reuses the saved results")
 
 
-def _matplotlib(what: str) -> tuple[object, object]:
+def figure_api(what: str) -> tuple[object, object]:
     """matplotlib's ``Figure`` and Agg canvas, or an :class:`EvalError` naming the missing figure ``what``."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -62,7 +62,7 @@ def niah_heatmap(panels: Sequence[HeatmapPanel], path: Path, *, title: str | Non
     """
     import numpy as np
 
-    Figure, Canvas = _matplotlib(f"heat map {path.name}")
+    Figure, Canvas = figure_api(f"heat map {path.name}")
     from matplotlib.colors import LinearSegmentedColormap
 
     if not panels:
@@ -106,7 +106,7 @@ def budget_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], full: d
                   title: str | None = None) -> Path:
     """Score-vs-budget curves like MaskKV Figure 3: one panel per task, one line per method, the full-cache score
     as a dashed horizontal line. ``curves[task][method] = [(budget, score), ...]``."""
-    Figure, Canvas = _matplotlib(f"curves {path.name}")
+    Figure, Canvas = figure_api(f"curves {path.name}")
     if not curves:
         raise EvalError("no sweep results to plot")
     tasks = list(curves)

@@ -38,9 +38,9 @@ from ..eval.common import (
     DistInfo,
     EvalError,
     GenerationConfig,
-    decode_generated,
     init_process_group,
 )
+from ..text import decode_answer, left_pad, pad_token_id
 from .likelihood import dream_loglikelihood, llada_is_greedy, llada_loglikelihood
 from .model_args import DTYPES, HARNESS_KEYS, MODEL_ARGS, TRUNCATIONS, ModelArgsError, optional, press_value
 
@@ -134,8 +134,7 @@ class MaskKVLM(LM):
         self._check_remasking()
         self.check_greedy = self._parse_check_greedy(self._check_greedy_arg)
         self.max_length = int(get("max_length") or self.model.config.max_position_embeddings)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = pad if pad is not None and pad != self.model.config.mask_token_id else self.model.config.eos_token_id
+        self.pad_id = pad_token_id(self.model.config, self.tokenizer)
 
     def _parse_check_greedy(self, value: Any) -> bool:
         """``is_check_greedy``: unset means the family reference's default (LLaDA True, Dream False)."""
@@ -277,21 +276,17 @@ class MaskKVLM(LM):
     def _generate_batch(self, prompts: list[list[int]], settings: _Request) -> list[str]:
         from ..sampling.generate import generate
 
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+        ids, mask = left_pad(prompts, self.pad_id)
+        width = ids.shape[1]
         length, steps, block = self.gen.lengths(settings.gen_length)
-        out = generate(self.model, ids.to(self._device), attention_mask=None if bool(mask.all()) else mask.to(self._device),
+        out = generate(self.model, ids.to(self._device), attention_mask=None if mask is None else mask.to(self._device),
                        gen_length=length, steps=steps, block_length=block, temperature=settings.temperature,
                        remasking=self.gen.remasking, cfg_scale=self.cfg, threshold=self.threshold,
                        top_p=settings.top_p, top_k=settings.top_k, cache=self.gen.make_cache(),
                        press=self.gen.make_press())
         texts = []
         for row in out.sequences[:, width:].tolist():
-            text = decode_generated(self.tokenizer, row, eos_cut=True)
+            text = decode_answer(self.tokenizer, row, strip=False)  # lm-eval scores the text as generated
             for stop in settings.until:
                 text = text.split(stop)[0]
             texts.append(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -28,6 +29,18 @@ def _parse_profiles(values: tuple[str, ...]) -> dict[str, str]:
 
 
 _positive = click_check(low=1, integer=True)
+
+
+def _generation_config(cache_kind: str, press_name: str | None, budget: int, profile: str | None = None) -> Any:
+    """The cache and press settings as the evaluations' ``GenerationConfig`` (the one place that checks and
+    builds them); a value it refuses is a click error naming the flag."""
+    from ..eval.common import EvalError, GenerationConfig
+
+    try:
+        return GenerationConfig(cache=cache_kind, press=press_name, budget=budget,
+                                press_options={"profile": profile} if profile else {})
+    except EvalError as err:
+        raise click.BadParameter(str(err), param_hint=f"--{(err.field or 'press').replace('_', '-')}") from None
 
 
 @click.command("serve")
@@ -80,15 +93,8 @@ def serve(model_path: str, host: str, port: int, served_model_name: str | None, 
     except ModuleNotFoundError as err:
         raise click.ClickException(f"maskkv serve needs the 'serve' extra ({err.name} is missing): "
                                    "pip install 'maskkv[serve]'") from None
-    from ..presses import PRESSES
-
-    if press_name is not None and press_name not in PRESSES:
-        raise click.BadParameter(f"unknown press {press_name!r}; choose one of {sorted(PRESSES)}",
-                                 param_hint="--press")
-    if press_name is not None and cache_kind.startswith("fast-"):
-        raise click.BadParameter(f"--cache {cache_kind} (Fast-dLLM) does not evict; use --cache dllm with --press",
-                                 param_hint="--cache")
     named = _parse_profiles(profiles)
+    _generation_config(cache_kind, press_name, budget)  # the requests' defaults, checked before the model loads
     local = Path(model_path)
     if model_path and not local.exists() and model_path.startswith((".", "/")):
         raise click.BadParameter(f"{model_path} does not exist", param_hint="--model")
@@ -135,13 +141,8 @@ def inspect(model_path: str, prompt_file: Path, question: str | None, chat: bool
             out_path: Path) -> None:
     """Show which prompt tokens a press keeps: a standalone HTML report and a PNG heat map."""
     from .. import load_model, load_tokenizer
-    from ..cache import DLLMCache
-    from ..presses import PRESSES, make_press
     from .inspect import kept_report, render_html, render_png
 
-    if press_name not in PRESSES:
-        raise click.BadParameter(f"unknown press {press_name!r}; choose one of {sorted(PRESSES)}",
-                                 param_hint="--press")
     if block_length is not None and gen_length % block_length:
         raise click.BadParameter(f"{block_length} does not divide --gen-length {gen_length}",
                                  param_hint="--block-length")
@@ -151,11 +152,11 @@ def inspect(model_path: str, prompt_file: Path, question: str | None, chat: bool
     if profile_path is None and press_name == "maskkv" and (Path(model_path) / "maskkv_profile.json").is_file():
         profile_path = str(Path(model_path) / "maskkv_profile.json")
     try:
-        press = make_press(press_name, budget, **({"profile": profile_path} if profile_path else {}))
+        gen = _generation_config(cache_kind, press_name, budget, profile_path)
         model = load_model(model_path, device=device)
         tokenizer = load_tokenizer(model_path)
-        report = kept_report(model, tokenizer, text, press=press, chat=chat, gen_length=gen_length,
-                             block_length=block_length, cache=DLLMCache() if cache_kind == "dllm" else None)
+        report = kept_report(model, tokenizer, text, press=gen.make_press(), chat=chat, gen_length=gen_length,
+                             block_length=block_length, cache=gen.make_cache())
         out_path.write_text(render_html(report, title=f"maskkv inspect: {prompt_file.name}"), encoding="utf-8")
         png = out_path.with_suffix(".png")
         render_png(report, png)

@@ -83,17 +83,18 @@ main {{ display: block; }}</style></head>
 
 
 def render_png(report: dict[str, Any], path: Path) -> None:
-    """Heat map of kept heads per layer (rows) and prompt token (columns), with the all-layer share below."""
-    import matplotlib
+    """Heat map of kept heads per layer (rows) and prompt token (columns), with the all-layer share below.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib's object API on the Agg canvas (:func:`maskkv.eval.plots.figure_api`): no pyplot state.
+    """
+    from ..eval.plots import figure_api
 
+    Figure, Canvas = figure_api(f"heat map {path.name}")
     counts = torch.tensor(report["counts"], dtype=torch.float32).T  # [D, P]
     share = counts.sum(0) / (report["layers"] * report["heads"])
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 1.2 + 0.35 * report["layers"] + 1.6), sharex=True,
-                                      gridspec_kw={"height_ratios": [max(report["layers"], 2), 2]},
-                                      layout="constrained")
+    fig = Figure(figsize=(12, 1.2 + 0.35 * report["layers"] + 1.6), layout="constrained")
+    Canvas(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [max(report["layers"], 2), 2]})
     image = top.imshow(counts.numpy(), aspect="auto", cmap="Oranges", vmin=0, vmax=report["heads"],
                        interpolation="nearest")
     top.set_ylabel("layer")
@@ -106,4 +107,3 @@ def render_png(report: dict[str, Any], path: Path) -> None:
     bottom.set_ylabel("share kept")
     bottom.set_xlabel("prompt position")
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -79,8 +79,9 @@ class _Abandoned(Exception):
 class TextTracker:
     """The answer text visible after each block: cut at EOS/EOT and ``stop`` strings, never retracted.
 
-    While decoding, trailing whitespace, an incomplete UTF-8 character and the start of a possible stop
-    string are held back, so the streamed pieces concatenate to exactly the final answer.
+    The final text is :func:`maskkv.text.decode_answer`'s (the same EOS/EOT cut, stripped), then cut at the
+    earliest ``stop`` string. While decoding, trailing whitespace, an incomplete UTF-8 character and the start
+    of a possible stop string are held back, so the streamed pieces concatenate to exactly the final answer.
     """
 
     def __init__(self, tokenizer: Any, stops: list[str]) -> None:
@@ -91,15 +92,18 @@ class TextTracker:
         self.stop_ids = stop_token_ids(tokenizer)
 
     def answer_ids(self, ids: list[int]) -> tuple[list[int], bool]:
-        for i, tok in enumerate(ids):
-            if tok in self.stop_ids:
-                return ids[:i], True
-        return ids, False
+        """(the ids before the first EOS/EOT, whether one occurred): :func:`maskkv.text.cut_at_stop`."""
+        from ..text import cut_at_stop
+
+        kept = cut_at_stop(ids, self.stop_ids)
+        return kept, len(kept) < len(ids)
 
     def visible(self, ids: list[int], final: bool) -> tuple[str, bool, bool]:
         """(text, complete, stopped): the text safe to show for generated ``ids`` so far."""
+        from ..text import decode_answer
+
         ids, hit_eos = self.answer_ids(ids)
-        text = self.tokenizer.decode(ids, skip_special_tokens=True).lstrip()
+        text = decode_answer(self.tokenizer, ids, eos_cut=False, strip=False).lstrip()
         cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             return text[:cut], True, True
@@ -142,7 +146,8 @@ class ModelWorker:
         self._stopping = False
         self._running: list[Job] = []
         self._thread = threading.Thread(target=self._main, name="maskkv-model-worker", daemon=True)
-        self._presses: dict[tuple, Any] = {}
+        self.pad_id: int | None = None
+        self._generation: dict[tuple, tuple[Any, Any]] = {}  # (cache, press, budget, profile) -> (config, press)
 
     # ----- lifecycle ---------------------------------------------------------------------------
 
@@ -156,10 +161,12 @@ class ModelWorker:
     def load(self) -> None:
         """Load the model and tokenizer (in the worker thread; ``/health`` is 503 until this finishes)."""
         from .. import load_model, load_tokenizer
+        from ..text import pad_token_id
 
         self.model = None
         model = load_model(self.settings.model_path, device=self.settings.device, dtype=self.settings.dtype)
         self.tokenizer = load_tokenizer(self.settings.model_path)
+        self.pad_id = pad_token_id(model.config, self.tokenizer)
         from ..presses.profile import load_profile
 
         for path in self.settings.profiles.values():
@@ -181,6 +188,8 @@ class ModelWorker:
             job.send("error", APIError(503, "the server shut down before this request finished", code="shutting_down"))
 
     def submit(self, job: Job) -> None:
+        """Queue ``job``; a cache/press setting the evaluations' ``GenerationConfig`` refuses is a 400 here."""
+        self.generation(job.key)
         with self._cond:
             if self._stopping:
                 raise APIError(503, "the server is shutting down", code="shutting_down")
@@ -264,29 +273,30 @@ class ModelWorker:
             self.metrics.queue_depth.set(len(self._queue))
             return batch
 
-    def _make_press(self, key: DecodeKey) -> Any:
-        if key.press is None:
-            return None
-        cache_key = (key.press, key.budget, key.profile)
-        if cache_key not in self._presses:
-            from ..presses import make_press
+    def generation(self, key: DecodeKey) -> tuple[Any, Any]:
+        """``(GenerationConfig, press)`` of a batch key's cache and press settings.
 
+        Caches and presses are built on the evaluations' one path, :class:`maskkv.eval.common.GenerationConfig`
+        (``make_cache()`` per batch; the press once per setting, then reused). A value it refuses is an
+        :class:`APIError` 400 naming the request field (``maskkv.<field>``). Sampler settings (steps, block
+        length, temperature) are checked where the key is made and reach ``generate`` from the key itself.
+        """
+        from ..eval.common import EvalError, GenerationConfig
+
+        setting = (key.cache, key.press, key.budget, key.profile)
+        if setting not in self._generation:
             options = {"profile": self.settings.profiles[key.profile]} if key.profile else {}
-            self._presses[cache_key] = make_press(key.press, int(key.budget), **options)
-        return self._presses[cache_key]
-
-    def _make_cache(self, key: DecodeKey) -> Any:
-        from ..cache import DLLMCache, FastDLLMCache
-
-        if key.cache == "dllm":
-            return DLLMCache()
-        if key.cache.startswith("fast-"):
-            return FastDLLMCache(key.cache.removeprefix("fast-"))
-        return None
+            try:
+                gen = GenerationConfig(cache=key.cache, press=key.press, budget=key.budget, press_options=options)
+            except EvalError as err:
+                raise APIError(400, str(err), param=f"maskkv.{err.field or 'press'}", code="invalid_value") from None
+            self._generation[setting] = (gen, gen.make_press())
+        return self._generation[setting]
 
     def _decode(self, batch: list[Job]) -> None:
         """Decode one batch with ``generate``; send each job its blocks, then its result (or an error)."""
         from .. import generate
+        from ..text import left_pad
 
         batch = [job for job in batch if not job.cancelled.is_set()]
         if not batch:
@@ -295,14 +305,12 @@ class ModelWorker:
         model, config = self.model, self.model.config
         device = self.model.embed_tokens.weight.device
         lengths = [len(job.prompt_ids) for job in batch]
-        prompt_length = max(lengths)
         rows = len(batch)
-        ids = torch.full((rows, prompt_length), config.pad_token_id, dtype=torch.long)
-        valid = torch.zeros(rows, prompt_length, dtype=torch.bool)
-        for row, job in enumerate(batch):
-            ids[row, prompt_length - lengths[row]:] = torch.tensor(job.prompt_ids)
-            valid[row, prompt_length - lengths[row]:] = True
-        attention_mask = None if min(lengths) == prompt_length else valid.long().to(device)
+        ids, attention_mask = left_pad([job.prompt_ids for job in batch], self.pad_id)
+        prompt_length = ids.shape[1]
+        valid = torch.ones(rows, prompt_length, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device)
         trackers = [TextTracker(self.tokenizer, job.stops) for job in batch]
         blocks_done = 0
         first_block_at: list[float | None] = [None] * rows
@@ -350,7 +358,8 @@ class ModelWorker:
                 kept["counts"] = kept_counts(plan, prompt_length, config.num_layers, config.num_kv_heads, rows,
                                              valid)
 
-        policy = StepHook(self._make_cache(key), on_pass, on_first_pass)
+        gen, press = self.generation(key)
+        policy = StepHook(gen.make_cache(), on_pass, on_first_pass)
         try:
             if key.seed is not None:
                 torch.manual_seed(key.seed)
@@ -359,7 +368,7 @@ class ModelWorker:
             out = generate(model, ids.to(device), attention_mask=attention_mask, gen_length=key.gen_length,
                            steps=key.steps, block_length=key.block_length, temperature=key.temperature,
                            remasking=key.remasking, threshold=key.threshold, top_p=key.top_p, top_k=key.top_k,
-                           cache=policy, press=self._make_press(key))
+                           cache=policy, press=press)
             emit_blocks(out.sequences, final=True)
         except _Abandoned:
             logger.info("batch of %d dropped: every client disconnected", rows)
