@@ -366,7 +366,8 @@ def resolve_decode_key(req: Any, config: ServerConfig, worker: ModelWorker) -> D
             steps=opts.steps or config.steps, block_length=block_length, cache="none"
         ).lengths(max_tokens)
     except EvalError as err:
-        raise APIError(400, str(err), param="maskkv.steps") from None
+        param = "max_tokens" if err.field == "gen_length" else f"maskkv.{err.field or 'steps'}"
+        raise APIError(400, str(err), param=param) from None
     temperature = 0.0 if req.temperature is None else float(req.temperature)
     if family == "llada":
         remasking = opts.remasking or config.remasking or "low_confidence"
@@ -393,9 +394,6 @@ def resolve_decode_key(req: Any, config: ServerConfig, worker: ModelWorker) -> D
     if press is not None and press not in PRESSES:
         raise APIError(400, f"unknown press {press!r}; choose one of {sorted(PRESSES)} or 'none'",
                        param="maskkv.press")
-    if press is not None and cache.startswith("fast-"):
-        raise APIError(400, f"cache {cache!r} (Fast-dLLM) does not evict; use cache 'dllm' or 'none' with a press",
-                       param="maskkv.cache")
     profiles = config.worker.profiles
     profile = opts.profile
     if profile is not None:
