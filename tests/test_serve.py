@@ -170,6 +170,10 @@ def test_error_statuses_and_bodies(server):
     assert r.status_code == 400 and _error(r)["param"] == "maskkv.budget"
     r = httpx.post(url, json={**ok, "maskkv": {"press": "nope"}})
     assert r.status_code == 400 and _error(r)["param"] == "maskkv.press"
+    r = httpx.post(url, json={**ok, "maskkv": {"press": "snapkv", "budget": 16, "cache": "fast-dual"}})
+    assert r.status_code == 400 and _error(r)["param"] == "maskkv.cache" and "does not evict" in _error(r)["message"]
+    r = httpx.post(url, json={**ok, "max_tokens": 16, "maskkv": {"steps": 3, "block_length": 8}})
+    assert r.status_code == 400 and _error(r)["param"] == "maskkv.steps" and "divisible" in _error(r)["message"]
     r = httpx.post(url, json={**ok, "maskkv": {"press": "maskkv", "profile": "/etc/passwd"}})
     assert r.status_code == 400 and _error(r)["param"] == "maskkv.profile"
     r = httpx.post(url, json={**ok, "maskkv": {"colour": 1}})
