@@ -16,6 +16,19 @@ import torch
 import torch.nn.functional as F
 
 
+def _llada_get_logits(model, batch, prompt_index, mask_id, cfg):
+    """``LLaDAEvalHarness.get_logits``: unsupervised cfg masks the prompt columns of a second copy."""
+    if cfg > 0.0:
+        un_batch = batch.clone()
+        un_batch[prompt_index.unsqueeze(0).repeat(batch.shape[0], 1)] = mask_id
+        batch = torch.cat([batch, un_batch])
+    logits = model(batch).logits
+    if cfg > 0.0:
+        logits, un_logits = torch.chunk(logits, 2, dim=0)
+        logits = un_logits + (cfg + 1) * (logits - un_logits)
+    return logits
+
+
 def llada_reference(model, prefix, target, *, mc_num, batch_size, mask_id, cfg=0.0):
     device = model.embed_tokens.weight.device
     seq = torch.concatenate([prefix, target])[None, :].repeat((batch_size, 1)).to(device)
@@ -35,15 +48,7 @@ def llada_reference(model, prefix, target, *, mc_num, batch_size, mask_id, cfg=0
         return torch.where(is_mask, mask_id, batch), (x / target_len).unsqueeze(1).repeat(1, l)
 
     def get_logits(batch):
-        if cfg > 0.0:
-            un_batch = batch.clone()
-            un_batch[prompt_index.unsqueeze(0).repeat(batch.shape[0], 1)] = mask_id
-            batch = torch.cat([batch, un_batch])
-        logits = model(batch).logits
-        if cfg > 0.0:
-            logits, un_logits = torch.chunk(logits, 2, dim=0)
-            logits = un_logits + (cfg + 1) * (logits - un_logits)
-        return logits
+        return _llada_get_logits(model, batch, prompt_index, mask_id, cfg)
 
     loss_acc = []
     with torch.no_grad():
@@ -64,15 +69,7 @@ def llada_greedy_reference(model, prefix, target, *, mask_id, cfg=0.0):
     seq[0, :len(prefix)] = prefix
 
     def get_logits(batch):
-        if cfg > 0.0:
-            un_batch = batch.clone()
-            un_batch[prompt_index.unsqueeze(0).repeat(batch.shape[0], 1)] = mask_id
-            batch = torch.cat([batch, un_batch])
-        logits = model(batch).logits
-        if cfg > 0.0:
-            logits, un_logits = torch.chunk(logits, 2, dim=0)
-            logits = un_logits + (cfg + 1) * (logits - un_logits)
-        return logits
+        return _llada_get_logits(model, batch, prompt_index, mask_id, cfg)
 
     with torch.no_grad():
         for _ in range(len(target)):
