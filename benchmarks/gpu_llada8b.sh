@@ -16,7 +16,8 @@
 #      (online) and maskkv-offline at 1k..32k, cache systems captured (--cuda-graphs);
 #   4. LONG_S (110): OUT_DIR/long: vanilla, fast-dllm-prefix, maskkv, maskkv-offline at 64k, captured;
 #   5. HUGE_S (60): OUT_DIR/huge: maskkv-offline at 128k (no warm-up run), captured.
-# A step past its limit gets SIGINT (pytest then still writes its junit XML), SIGKILL 2 s later.
+# A step past its limit gets SIGINT (pytest then still writes its junit XML), SIGKILL 2 s later; pytest runs
+# verbose, so a killed run's tests.txt still says which tests passed.
 # OUT_DIR/steps.tsv: each step's exit status (124: cut short by its limit), seconds and limit. At the end
 # benchmarks/gpu_report.py reads the folder and writes OUT_DIR/targets.md (and targets.json): the issue-23
 # target table, each row PASS, FAIL or MISSING.
@@ -73,7 +74,7 @@ step() {
   timeout -s INT -k 2 "$limit" "$@"
   rc=$?
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - began ))" "$limit" >> "$STEPS"
-  (( rc == 124 )) && echo "gpu_llada8b.sh: step $name cut short by its $limit s limit" >&2
+  (( rc == 124 || rc == 137 )) && echo "gpu_llada8b.sh: step $name cut short by its $limit s limit" >&2
   return 0
 }
 
@@ -85,11 +86,12 @@ bench() {
   shift 3
   local extra=(${DRY_BENCH[@]+"${DRY_BENCH[@]}"})
   (( DRY )) && extra+=(--lengths "$dry_lengths")
-  step "$name" "$limit" "$PY" -m maskkv.bench "${BENCH[@]}" "$@" ${extra[@]+"${extra[@]}"} --out "$OUT_DIR/$name" \
+  # MASKKV_DEBUG=1: a configuration that fails prints its traceback into the log (its row keeps the error)
+  step "$name" "$limit" env MASKKV_DEBUG=1 "$PY" -m maskkv.bench "${BENCH[@]}" "$@" ${extra[@]+"${extra[@]}"} --out "$OUT_DIR/$name" \
     2>&1 | tee -a "$LOG"
 }
 
-step tests "$CUDA_TEST_S" "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT_DIR/tests.xml" \
+step tests "$CUDA_TEST_S" "$PY" -m pytest -v -p no:cacheprovider --junitxml="$OUT_DIR/tests.xml" \
   tests/test_cuda.py tests/test_ragged_cache.py ${TEST_SELECT[@]+"${TEST_SELECT[@]}"} 2>&1 \
   | tee "$OUT_DIR/tests.txt" | tee -a "$LOG"
 bench ops "$OPS_S" 128 --warmup 1 --lengths 1k --count-ops \
