@@ -459,6 +459,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += [f"Folder `{result['folder']}`; {where}; torch {machine.get('torch', '?')}; "
               f"commit {git[:10] if git else '?'}.", "",
               f"**{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['MISSING']} MISSING**", "",
+              f"Steps took {sum(s.get('seconds', 0) for s in result['steps'].values())} s of their "
+              f"{sum(s.get('limit_s', 0) for s in result['steps'].values())} s of limits.", "",
               "| step | outcome | seconds | limit s | rows | errors | complete |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in result["steps"].items():
         outcome = s.get("outcome") or "not recorded"
