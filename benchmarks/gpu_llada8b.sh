@@ -87,8 +87,8 @@ bench() {
   local extra=(${DRY_BENCH[@]+"${DRY_BENCH[@]}"})
   (( DRY )) && extra+=(--lengths "$dry_lengths")
   # MASKKV_DEBUG=1: a configuration that fails prints its traceback into the log (its row keeps the error)
-  step "$name" "$limit" env MASKKV_DEBUG=1 "$PY" -m maskkv.bench "${BENCH[@]}" "$@" ${extra[@]+"${extra[@]}"} --out "$OUT_DIR/$name" \
-    2>&1 | tee -a "$LOG"
+  step "$name" "$limit" env MASKKV_DEBUG=1 "$PY" -m maskkv.bench "${BENCH[@]}" "$@" ${extra[@]+"${extra[@]}"} \
+    --out "$OUT_DIR/$name" 2>&1 | tee -a "$LOG"
 }
 
 step tests "$CUDA_TEST_S" "$PY" -m pytest -v -p no:cacheprovider --junitxml="$OUT_DIR/tests.xml" \

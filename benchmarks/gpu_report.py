@@ -160,7 +160,8 @@ def read_tests(folder: Path) -> dict[str, Any] | None:
         text = (folder / "tests.txt").read_text()
     except OSError:
         return None
-    summary = [line for line in text.splitlines() if re.search(r"\d+ (passed|failed|skipped|errors?)\b.* in [\d.]+s", line)]
+    stats = r"\d+ (passed|failed|skipped|errors?)\b.* in [\d.]+s"
+    summary = [line for line in text.splitlines() if re.search(stats, line)]
     if summary:  # pytest's last line: "3 passed, 1 failed, 2 skipped in 9.1s"
         found = {word.rstrip("s") if word.startswith("error") else word: int(n)
                  for n, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)\b", summary[-1])}  # fmt: skip
@@ -212,6 +213,11 @@ def _get(row: dict[str, Any] | None, key: str) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _why(step: Step, length: int, status: dict[str, dict[str, Any]], rows: dict[str, Any]) -> str:
+    """Why the rows of ``{system: row or None}`` that are None are missing, joined."""
+    return "; ".join(step.why_missing(system, length, status) for system, row in rows.items() if row is None)
+
+
 def decode_step_rows(steps: dict[str, Step], status: dict[str, dict[str, Any]]) -> list[TargetRow]:
     """Mean decode step of MaskKV (online, offline) <= 8 ms at every fig4 and long length (1k-64k)."""
     rows = []
@@ -242,7 +248,7 @@ def speedup_rows(steps: dict[str, Step], status: dict[str, dict[str, Any]]) -> l
             note = (f"{_fmt(_get(m, 'tokens_per_s'), '', 2)} vs {_fmt(_get(v, 'tokens_per_s'), '', 2)} tokens/s"
                     + (" (vanilla extrapolated from its first passes)" if v and v.get("extrapolated") else ""))
             if value is None:
-                note = "; ".join(fig4.why_missing(s, length, status) for s, r in ((system, m), ("vanilla", v)) if r is None)
+                note = _why(fig4, length, status, {system: m, "vanilla": v})
             rows.append(TargetRow("speed-up", f"{system} / no cache @ {_length(length)}", _fmt(value, "x", 2),
                                   f">= {threshold:g}x", _judge(value, threshold, ">="), note))  # fmt: skip
     for system in MASKKV:
@@ -252,8 +258,7 @@ def speedup_rows(steps: dict[str, Step], status: dict[str, dict[str, Any]]) -> l
                 value = _ratio(_get(m, "tokens_per_s"), _get(p, "tokens_per_s"))
                 note = f"{_fmt(_get(m, 'tokens_per_s'), '', 2)} vs {_fmt(_get(p, 'tokens_per_s'), '', 2)} tokens/s"
                 if value is None:
-                    note = "; ".join(step.why_missing(s, length, status)
-                                     for s, r in ((system, m), ("fast-dllm-prefix", p)) if r is None)  # fmt: skip
+                    note = _why(step, length, status, {system: m, "fast-dllm-prefix": p})
                 rows.append(TargetRow("vs Fast-dLLM", f"{system} / fast-dllm-prefix @ {_length(length)}",
                                       _fmt(value, "x", 2), ">= 1x", _judge(value, 1.0, ">="), note))  # fmt: skip
     return rows
@@ -271,7 +276,7 @@ def eviction_rows(steps: dict[str, Step], status: dict[str, dict[str, Any]]) -> 
             value = None if a is None or b is None else a - b
             note = f"first pass {_fmt(a, ' ms')} vs dllm-cache {_fmt(b, ' ms')} (one timed run each)"
             if value is None:
-                note = "; ".join(fig4.why_missing(s, length, status) for s, r in ((system, m), ("dllm-cache", d)) if r is None)
+                note = _why(fig4, length, status, {system: m, "dllm-cache": d})
             rows.append(TargetRow("eviction", f"{system} eviction added to the first pass @ {_length(length)}",
                                   _fmt(value, " ms"), f"<= {EVICTION_MS:g} ms", _judge(value, EVICTION_MS, "<="),
                                   note))  # fmt: skip
@@ -461,7 +466,8 @@ def to_markdown(result: dict[str, Any]) -> str:
               f"**{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['MISSING']} MISSING**", "",
               f"Steps took {sum(s.get('seconds', 0) for s in result['steps'].values())} s of their "
               f"{sum(s.get('limit_s', 0) for s in result['steps'].values())} s of limits.", "",
-              "| step | outcome | seconds | limit s | rows | errors | complete |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+              "| step | outcome | seconds | limit s | rows | errors | complete |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in result["steps"].items():
         outcome = s.get("outcome") or "not recorded"
         if s.get("problem") and not s.get("rows"):

@@ -265,11 +265,13 @@ def _write_folder(folder: Path, rows_by_step: dict[str, list[dict]], *, complete
     """A gpu_llada8b.sh-like folder: steps.tsv, tests.xml (tests, failures, skipped), results.json per step."""
     folder.mkdir(parents=True, exist_ok=True)
     rc = rc or {}
-    lines = ["step\trc\tseconds\tlimit_s"] + [f"{s}\t{rc.get(s, 0)}\t{GPU_LIMITS[s] // 2}\t{GPU_LIMITS[s]}" for s in STEPS]
+    lines = ["step\trc\tseconds\tlimit_s"]
+    lines += [f"{s}\t{rc.get(s, 0)}\t{GPU_LIMITS[s] // 2}\t{GPU_LIMITS[s]}" for s in STEPS]
     (folder / "steps.tsv").write_text("\n".join(lines) + "\n")
     total, failures, skipped = tests
-    cases = "".join(f'<testcase classname="tests.test_cuda" name="t{i}">'
-                    + ("<failure message='x'/>" if i < failures else "") + "</testcase>" for i in range(total))  # fmt: skip
+    failure = "<failure message='x'/>"
+    cases = "".join(f'<testcase classname="tests.test_cuda" name="t{i}">{failure if i < failures else ""}</testcase>'
+                    for i in range(total))  # fmt: skip
     (folder / "tests.xml").write_text(f'<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="{total}" '
                                       f'failures="{failures}" errors="0" skipped="{skipped}">{cases}</testsuite>'
                                       "</testsuites>")  # fmt: skip
@@ -314,7 +316,8 @@ def test_report_fails_each_target_that_is_missed(tmp_path):
     fig4, long = rows["fig4"], rows["long"]
 
     def set_(step_rows, system, length, **values):
-        next(r for r in step_rows if r["config"]["system"] == system and r["config"]["prompt_length"] == length).update(values)
+        row = next(r for r in step_rows if (r["config"]["system"], r["config"]["prompt_length"]) == (system, length))
+        row.update(values)
 
     set_(fig4, "maskkv", 2048, decode_step_mean_s=0.0091)  # > 8 ms
     set_(fig4, "maskkv", 1024, tokens_per_s=60.0)  # 60 / 27 < 2.5x (still above the prefix cache's 40)
