@@ -4,10 +4,11 @@
 
 Reads what the script wrote (``steps.tsv``, ``tests.xml``/``tests.txt``, ``{ops,fig4,long,huge}/results.json``)
 and gives every target of issue 23's GPU part a row: measured, target, PASS / FAIL / MISSING (no row measured:
-a step cut short by its limit, an error row, a file absent) or INFO (shown, not judged). The prompt lengths
-are the ones each step was asked for (its ``settings.lengths``; the GPU run's 1k..32k, 64k and 128k when a
-step wrote nothing), so a dry run's stand-in lengths take the same roles: the shortest fig4 length is "1k",
-the longest "32k". Standard library only, and it never fails on partial output.
+a step cut short by its limit, an error row, a file absent; for the memory targets an error row is a FAIL, as
+out of memory is how they fail). The prompt lengths are the ones each step was asked for (its
+``settings.lengths``; the GPU run's 1k..32k, 64k and 128k when a step wrote nothing), so a dry run's stand-in
+lengths take the same roles: the shortest fig4 length is "1k", the longest "32k". Standard library only, and
+it never fails on partial output.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class TargetRow:
     name: str
     measured: str
     target: str
-    status: str  # PASS, FAIL, MISSING or INFO
+    status: str  # PASS, FAIL or MISSING
     note: str = ""
 
 
@@ -303,7 +304,8 @@ def memory_rows(steps: dict[str, Step], status: dict[str, dict[str, Any]]) -> li
         elif value is None:
             note = f"no peak measured ({r.get('memory_measure') or 'peak_memory_bytes is null'})"
         else:
-            note = (f"peak {peak / GIB:.2f} GiB, weights {weights / GIB:.2f} GiB; first pass + one step "
+            note = (f"peak {peak / GIB:.2f} GiB, weights {weights / GIB:.2f} GiB (allocated after loading "
+                    f"{_fmt(_gib(_get(r, 'model_memory_bytes')), ' GiB', 2)}); first pass + one step "
                     f"{_fmt(_gib(_get(r, 'first_pass_increment_bytes')), ' GiB', 2)}"
                     " over the loaded model")  # fmt: skip
         failed = r is None and long.error("maskkv-offline", length) is not None  # e.g. out of memory
@@ -453,7 +455,7 @@ def _cell(text: str) -> str:
 def to_markdown(result: dict[str, Any]) -> str:
     """The report as markdown: header, counts, steps, decode-step matrix, target rows."""
     rows = result["rows"]
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "FAIL", "MISSING", "INFO")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "FAIL", "MISSING")}
     machine = result["machine"] or {}
     where = machine.get("gpu") or machine.get("cpu") or "unknown machine"
     git = (machine.get("git") or {}).get("commit")
