@@ -57,7 +57,8 @@ printf 'step\trc\tseconds\tlimit_s\n' > "$STEPS"
 { (( DRY )) && echo "gpu_llada8b.sh: DRY RUN on the CPU (llada-tiny, float32, short prompts)"
   echo "gpu_llada8b.sh: step limits $(( CUDA_TEST_S + OPS_S + FIG4_S + LONG_S + HUGE_S )) s in all" \
        "(tests $CUDA_TEST_S, ops $OPS_S, fig4 $FIG4_S, long $LONG_S, huge $HUGE_S)"
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "nvidia-smi: not available"
+  if command -v nvidia-smi > /dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  else echo "nvidia-smi: not available"; fi
 } 2>&1 | tee "$LOG"
 "$PY" - <<'PY' 2>&1 | tee -a "$LOG"
 import torch, sys
