@@ -434,14 +434,23 @@ def measure_isolated(config: BenchConfig, *, timeout: float | None = None) -> di
     return json.loads(lines[-1])
 
 
+def _debug() -> bool:
+    """``MASKKV_DEBUG=1``: print the traceback of a configuration that failed (as ``--debug`` does)."""
+    return os.environ.get("MASKKV_DEBUG", "").lower() in ("1", "true", "yes")
+
+
 def measure_in_process(config: BenchConfig, model: Any | None = None) -> dict[str, Any]:
-    """:func:`measure` here, failures (e.g. out of memory) becoming error rows."""
+    """:func:`measure` here, failures (out of memory, or any other exception) becoming error rows, so
+    the configurations after a failing one still run (the command exits non-zero at the end)."""
     try:
         return measure(config, model)
-    except (RuntimeError, ValueError, torch.cuda.OutOfMemoryError) as err:
-        if torch.device(config.device).type == "cuda":
-            torch.cuda.empty_cache()
-        return error_row(config, f"{type(err).__name__}: {err}".splitlines()[0][:500])
+    except Exception as err:  # noqa: BLE001 - recorded as the row's error; MASKKV_DEBUG=1 prints the traceback
+        if _debug():
+            traceback.print_exc()
+        message = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+    if torch.device(config.device).type == "cuda":  # after the except block: its frames' tensors are freed
+        torch.cuda.empty_cache()
+    return error_row(config, message)
 
 
 def worker_main() -> int:
@@ -450,7 +459,7 @@ def worker_main() -> int:
         config = BenchConfig(**json.loads(sys.stdin.read()))
         row = measure(config)
     except Exception as err:  # noqa: BLE001 - reported to the parent, which records an error row
-        if os.environ.get("MASKKV_DEBUG", "").lower() in ("1", "true", "yes"):
+        if _debug():
             traceback.print_exc()
         else:  # the row shows one line: the error, not a traceback
             print(f"{type(err).__name__}: {err}", file=sys.stderr)
