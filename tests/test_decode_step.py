@@ -331,6 +331,37 @@ def test_chunked_first_pass_equals_the_unchunked_one(model, system, monkeypatch,
         assert torch.equal(a, b)
 
 
+def _rope_tables_per_pass(layers: int, system: str, folder) -> list[int]:
+    """RoPE tables built in each pass (``aten.cos`` ops: one per table) of a ``layers``-layer LLaDA, with
+    16-row chunks; dLLM-Cache refreshes the prompt at passes 1, 4 and 7, Fast-dLLM starts a block at 1 and 5."""
+    write_tiny_checkpoint(folder, "llada", num_layers=layers, hidden_size=64, num_heads=4, seed=5)
+    small = load_model(folder)
+    assert small.row_chunk() == 16
+    if system == "fast-prefix":
+        block, denoiser = 4, FastDLLMCache("prefix").bind(small, PROMPT, block_length=4)
+    else:
+        press = make_press("maskkv", 32) if system == "maskkv" else None
+        block, denoiser = 8, DLLMCache(prompt_interval=3).bind(small, PROMPT, press=press, block_length=8)
+    run = lambda m: generate(m, _prompt(small), gen_length=8, steps=8, block_length=block)  # noqa: E731
+    _, counts = count_decode_steps(denoiser, run)
+    return [step.ops["aten.cos.default"] for step in counts.steps if step.kind == "pass"]
+
+
+@pytest.mark.parametrize("system", ["dllm-cache", "maskkv", "fast-prefix"])
+def test_a_pass_builds_its_rope_table_once_for_all_layers(system, monkeypatch, tmp_path):
+    """The first pass, prompt refreshes and Fast-dLLM's block forwards build the table of their rows once
+    (plus the response rows' table, once per request) and every layer and row chunk takes a view of it:
+    the count does not grow with the number of layers or chunks."""
+    monkeypatch.setattr(transformer, "MIN_ROW_CHUNK", 16)
+    monkeypatch.setattr(transformer, "ROW_CHUNK_BYTES", 1)
+    one, four = (_rope_tables_per_pass(n, system, tmp_path / str(n)) for n in (1, 4))
+    assert one == four, (one, four)
+    if system == "fast-prefix":
+        assert four == [1, 1, 0, 0, 1, 1, 0, 0]  # each block: its forward, then its query rows (second pass)
+    else:
+        assert four[0] == 2 and four[3] == four[6] == 1 and sum(four) == 4  # first pass (+ response rows), refreshes
+
+
 def test_first_pass_releases_each_layers_full_kv_after_eviction(model, tmp_path):
     """Layer-by-layer eviction: the cache's peak holds one layer's full K/V beside the kept sets."""
     denoiser = _denoiser(model, "maskkv-offline", profile=_profile(model, tmp_path))

@@ -79,7 +79,7 @@ class CachedDenoiser:
         self.stats = CacheStats()
         self.passes: list[PassRecord] = []
         # per-request constants, set on the first pass
-        self._rope: RotaryPositions | None = None  # every canvas row (tables made per chunk)
+        self._rope: RotaryPositions | None = None  # every canvas row (a pass makes its table once)
         self._resp_rope: RopeTable | None = None  # the response rows
         self._block: tuple[int, int] | None = None  # the sampler's current block (begin_block): positions trusted
         self.graphs: StepGraphs | None = StepGraphs() if policy.cuda_graphs else None  # used on CUDA only
@@ -186,7 +186,7 @@ class CachedDenoiser:
         length = input_ids.shape[1]
         position_ids = model.default_position_ids(attention_mask, length)
         self._rope = model.rope_positions(position_ids)
-        self._resp_rope = self._rope.rows(p, length)
+        self._resp_rope = self._rope.table(p, length)
         dtype = model.embed_tokens.weight.dtype
         self._full_bias = model.key_padding_bias(attention_mask, dtype)
         if self._full_bias is not None:
@@ -214,10 +214,11 @@ class CachedDenoiser:
         keep_prompt_features = not policy.prompt_state_exclusion
         scoring = self.plan is not None and not self.plan.keep
         voters = input_ids[:, p:] == self.config.mask_token_id
+        rope = self._rope.table()  # every row's RoPE table, once for all layers (released with the pass)
         new_layers: list[LayerCache] = []
         row0 = 0  # canvas row of x's first row: > 0 once the last layer drops the rows nobody reads
         for index, layer in enumerate(model.layers):
-            q, k, v = layer.qkv_in_chunks(x, self._rope, chunk)
+            q, k, v = layer.qkv_in_chunks(x, rope, chunk)
             keep = None if self.plan is None or scoring else self.plan.keep[index]
             if keep is not None and self.plan.press.prompt_refresh == "revote":
                 keep = self.plan.revote(self._context(index, q, k, voters))
@@ -355,6 +356,7 @@ class CachedDenoiser:
         x_prompt = model.embed_tokens(input_ids[:, :p]) if prompt_carried else None
         transfer = int(x_resp.shape[1] * policy.transfer_ratio)
         voters = input_ids[:, p:] == self.config.mask_token_id if refresh_prompt else None
+        prompt_rope = self._rope.table(0, p) if refresh_prompt else None  # once for all layers
         for index, (layer, cache) in enumerate(zip(model.layers, self.layers)):
             if refresh_response or (index == 0 and policy.layer0_response_refresh):
                 mode = "all"
@@ -362,7 +364,7 @@ class CachedDenoiser:
                 mode = "transfer" if transfer > 0 else "none"
             if refresh_prompt:
                 x_prompt, x_resp, rows = self._layer_with_prompt(
-                    index, layer, cache, x_prompt, x_resp, mode, transfer, voters
+                    index, layer, cache, x_prompt, x_resp, mode, transfer, voters, prompt_rope
                 )
             else:
                 x_resp, rows = self._response_layer(layer, cache, x_resp, mode, transfer)
@@ -449,12 +451,13 @@ class CachedDenoiser:
 
     def _layer_with_prompt(
         self, index: int, layer: DecoderBlock, cache: LayerCache, x_prompt: torch.Tensor, x_resp: torch.Tensor,
-        mode: str, transfer: int, voters: torch.Tensor,
+        mode: str, transfer: int, voters: torch.Tensor, prompt_rope: RopeTable,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Prompt refresh at one layer: fresh prompt K/V, prompt queries plus the response queries."""
+        """Prompt refresh at one layer: fresh prompt K/V, prompt queries plus the response queries
+        (``prompt_rope``: the prompt rows' RoPE table, made once per pass)."""
         p = self.prompt_length
         chunk = self.model.row_chunk()
-        q_p, k_p, v_p = layer.qkv_in_chunks(x_prompt, self._rope.rows(0, p), chunk)
+        q_p, k_p, v_p = layer.qkv_in_chunks(x_prompt, prompt_rope, chunk)
         q_r, rows = self._response_queries(layer, cache, x_resp, mode, transfer)
         keep = None if self.plan is None else self.plan.keep.get(index)
         cache.replace_prompt(k_p, v_p, None if self._prompt_valid is None else self._prompt_valid[:, None, :])
