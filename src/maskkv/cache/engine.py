@@ -402,18 +402,17 @@ class CachedDenoiser:
             return heads.narrow(1, 0, h), None
         b, g = x_resp.shape[:2]
         v_new = rows_qkv.narrow(2, h + h_kv, h_kv)  # [B, G, Hkv, hd]
-        v_old = cache.resp_v.transpose(1, 2)
+        v_old = cache.resp_v_rows
         similarity = F.cosine_similarity(v_new.reshape(b, g, -1), v_old.reshape(b, g, -1), dim=-1)
         rows = similarity.topk(transfer, dim=1, largest=False).indices  # [B, R]
-        picked = rows_qkv.gather(1, rows.view(b, transfer, 1, 1).expand(-1, -1, *rows_qkv.shape[2:]))
-        heads = picked.transpose(1, 2)  # [B, H + 2 Hkv, R, hd]
-        head_index = rows.view(b, 1, transfer, 1).expand(-1, h_kv, -1, cfg.head_dim)
-        cache.resp_k.scatter_(2, head_index, heads.narrow(1, h, h_kv))
+        index = rows.view(b, transfer, 1, 1).expand(-1, -1, *rows_qkv.shape[2:])  # [B, R, H + 2 Hkv, hd]
+        picked = rows_qkv.gather(1, index)
+        cache.resp_k_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h, h_kv))
         if self.policy.refresh_all_values:
-            cache.resp_v.copy_(v_new.transpose(1, 2))
+            v_old.copy_(v_new)
         else:
-            cache.resp_v.scatter_(2, head_index, heads.narrow(1, h + h_kv, h_kv))
-        return heads.narrow(1, 0, h), rows
+            cache.resp_v_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h + h_kv, h_kv))
+        return picked.narrow(2, 0, h).transpose(1, 2), rows
 
     def _finish_response(
         self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, attn: torch.Tensor | None,
@@ -508,26 +507,29 @@ class CachedDenoiser:
     def _project(self, positions: torch.Tensor, record: PassRecord) -> torch.Tensor:
         """Final norm + LM head on the rows that predict ``positions`` (mask-only projection)."""
         p = self.prompt_length
-        rows = positions - 1 if self.config.logits_shift else positions
-        if self._block is None and bool((rows < p).any()):  # a sampler that announced its block is trusted
-            lowest = p - 1 if self.config.logits_shift else p
-            if self._last_prompt_hidden is None or bool((rows < lowest).any()):
-                raise ValueError(
-                    f"logits requested for prompt positions {positions[rows < lowest].tolist()}; "
-                    "the cache only predicts response positions"
-                )
+        shift = 1 if self.config.logits_shift else 0  # Dream: row j - 1 predicts position j
+        if self._block is None:  # a sampler that announced its block is trusted
+            rows = positions - shift
+            if bool((rows < p).any()):
+                lowest = p - shift
+                if self._last_prompt_hidden is None or bool((rows < lowest).any()):
+                    raise ValueError(
+                        f"logits requested for prompt positions {positions[rows < lowest].tolist()}; "
+                        "the cache only predicts response positions"
+                    )
+        # ``stream`` holds canvas rows ``first, first + 1, ...``: position j is read at ``j - shift - first``
         if self.policy.mask_only_projection:
-            stream, offset = self._resp_stream, p
-            if self.config.logits_shift:
-                stream, offset = torch.cat([self._last_prompt_hidden, stream], dim=1), p - 1
-            record.projected_rows = int(rows.numel())
-            return self.model.project(stream[:, rows - offset])
+            stream, first = self._resp_stream, p
+            if shift:
+                stream, first = torch.cat([self._last_prompt_hidden, stream], dim=1), p - 1
+            record.projected_rows = int(positions.numel())
+            return self.model.project(stream[:, positions - (shift + first)])
         # Ablation: project every row the pass holds, as dLLM-Cache does, then pick the rows.
         if self._prompt_stream is not None:
-            stream, offset = torch.cat([self._prompt_stream, self._resp_stream], dim=1), 0
-        elif self.config.logits_shift:
-            stream, offset = torch.cat([self._last_prompt_hidden, self._resp_stream], dim=1), p - 1
+            stream, first = torch.cat([self._prompt_stream, self._resp_stream], dim=1), 0
+        elif shift:
+            stream, first = torch.cat([self._last_prompt_hidden, self._resp_stream], dim=1), p - 1
         else:
-            stream, offset = self._resp_stream, p
+            stream, first = self._resp_stream, p
         record.projected_rows = stream.shape[1]
-        return self.model.project(stream)[:, rows - offset]
+        return self.model.project(stream)[:, positions - (shift + first)]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
@@ -190,12 +190,15 @@ class _Block:
     start: int
     end: int
     exact: bool
+    _row: list = field(default_factory=list, repr=False, compare=False)  # [canvas, its block row (a view)]
 
     def positions(self, x: torch.Tensor, mask_id: int, masks: int, columns: torch.Tensor) -> torch.Tensor:
         """``[C]`` canvas positions for a step that starts with ``masks`` masked block positions per row."""
         if not self.exact:
             return columns[self.start : self.end]
-        masked = x[0, self.start : self.end] == mask_id
+        if not self._row or self._row[0] is not x:  # a view per canvas: the steps commit into x in place
+            self._row[:] = [x, x[0, self.start : self.end]]
+        masked = self._row[1] == mask_id
         order = torch.sort(masked, descending=True, stable=True).indices  # masked columns first, ascending
         return order[:masks] + self.start
 
