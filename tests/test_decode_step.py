@@ -199,6 +199,31 @@ def test_maskkv_decode_step_is_at_most_50_ops_per_layer(model):
     assert plain.summary()["ops_per_layer_per_step_max"] <= 50
 
 
+def test_v_verify_refreshes_the_chosen_rows_in_place(model):
+    """V-verify writes the chosen rows' K (and V) into the cache through the ``[B, G, Hkv, hd]`` row views:
+    with ``refresh_all_values`` every response V is fresh; without it exactly the rows whose K were
+    refreshed get the fresh V and every other row keeps its cached V."""
+    prompt = _prompt(model, seed=13)
+    canvas = torch.cat([prompt, torch.full((1, GEN), model.config.mask_token_id)], dim=1)
+    positions = torch.arange(PROMPT, PROMPT + GEN)
+    caches = {flag: DLLMCache(refresh_all_values=flag).bind(model, PROMPT) for flag in (True, False)}
+    for cache in caches.values():
+        cache.logits_at(canvas, None, positions)  # first pass
+    before = [(layer.resp_k.clone(), layer.resp_v.clone()) for layer in caches[False].layers]
+    canvas[0, PROMPT : PROMPT + 6] = prompt[0, :6]  # some tokens committed
+    for cache in caches.values():
+        cache.logits_at(canvas, None, positions)  # pass 2: V-verify (layer 0 refreshes every row)
+        assert cache.passes[-1].rows_per_layer == [GEN] + [GEN // 4] * (model.config.num_layers - 1)
+    # layer 1: the first V-verified layer, whose input is the same in both caches (layer 0 refreshed every row)
+    layer, fresh, (k_before, v_before) = caches[False].layers[1], caches[True].layers[1], before[1]
+    assert torch.equal(layer.resp_k, fresh.resp_k)  # the same rows chosen, the same K written
+    refreshed = (layer.resp_k != k_before).transpose(1, 2).flatten(2).any(-1)[0]  # [G]
+    assert int(refreshed.sum()) == GEN // 4
+    assert torch.equal(layer.resp_v[:, :, refreshed], fresh.resp_v[:, :, refreshed])
+    assert torch.equal(layer.resp_v[:, :, ~refreshed], v_before[:, :, ~refreshed])
+    assert not torch.equal(fresh.resp_v[:, :, ~refreshed], v_before[:, :, ~refreshed])  # all V fresh there
+
+
 def test_fused_projections_are_views_of_one_matrix_and_match_the_separate_layers(model):
     layer = model.layers[0]
     h = torch.randn(2, 7, model.config.hidden_size)
