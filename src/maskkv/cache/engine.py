@@ -402,16 +402,16 @@ class CachedDenoiser:
             return heads.narrow(1, 0, h), None
         b, g = x_resp.shape[:2]
         v_new = rows_qkv.narrow(2, h + h_kv, h_kv)  # [B, G, Hkv, hd]
-        v_old = cache.resp_v_rows
-        similarity = F.cosine_similarity(v_new.reshape(b, g, -1), v_old.reshape(b, g, -1), dim=-1)
+        k_rows, v_rows = cache.resp_rows  # [B, G, Hkv, hd] views of the cached response K/V
+        similarity = F.cosine_similarity(v_new.reshape(b, g, -1), v_rows.reshape(b, g, -1), dim=-1)
         rows = similarity.topk(transfer, dim=1, largest=False).indices  # [B, R]
         index = rows.view(b, transfer, 1, 1).expand(-1, -1, *rows_qkv.shape[2:])  # [B, R, H + 2 Hkv, hd]
         picked = rows_qkv.gather(1, index)
-        cache.resp_k_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h, h_kv))
+        k_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h, h_kv))
         if self.policy.refresh_all_values:
-            v_old.copy_(v_new)
+            v_rows.copy_(v_new)
         else:
-            cache.resp_v_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h + h_kv, h_kv))
+            v_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h + h_kv, h_kv))
         return picked.narrow(2, 0, h).transpose(1, 2), rows
 
     def _finish_response(

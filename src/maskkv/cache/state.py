@@ -100,14 +100,9 @@ class LayerCache:
         return self._response_views()[1]
 
     @property
-    def resp_k_rows(self) -> torch.Tensor:
-        """:attr:`resp_k` as ``[B, G, Hkv, hd]`` (a view: writes go to ``k``)."""
-        return self._response_views()[2]
-
-    @property
-    def resp_v_rows(self) -> torch.Tensor:
-        """:attr:`resp_v` as ``[B, G, Hkv, hd]`` (a view: writes go to ``v``)."""
-        return self._response_views()[3]
+    def resp_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:attr:`resp_k` and :attr:`resp_v` as ``[B, G, Hkv, hd]`` (views: writes go to ``k`` and ``v``)."""
+        return self._response_views()[2:]
 
     def replace_prompt(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> None:
         """Put new prompt K/V ``[B, Hkv, S', hd]`` in front of the (current) response K/V."""
