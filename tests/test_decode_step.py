@@ -199,6 +199,31 @@ def test_maskkv_decode_step_is_at_most_50_ops_per_layer(model):
     assert plain.summary()["ops_per_layer_per_step_max"] <= 50
 
 
+def test_v_verify_refreshes_the_chosen_rows_in_place(model):
+    """V-verify writes the chosen rows' K (and V) into the cache through the ``[B, G, Hkv, hd]`` row views:
+    with ``refresh_all_values`` every response V is fresh; without it exactly the rows whose K were
+    refreshed get the fresh V and every other row keeps its cached V."""
+    prompt = _prompt(model, seed=13)
+    canvas = torch.cat([prompt, torch.full((1, GEN), model.config.mask_token_id)], dim=1)
+    positions = torch.arange(PROMPT, PROMPT + GEN)
+    caches = {flag: DLLMCache(refresh_all_values=flag).bind(model, PROMPT) for flag in (True, False)}
+    for cache in caches.values():
+        cache.logits_at(canvas, None, positions)  # first pass
+    before = [(layer.resp_k.clone(), layer.resp_v.clone()) for layer in caches[False].layers]
+    canvas[0, PROMPT : PROMPT + 6] = prompt[0, :6]  # some tokens committed
+    for cache in caches.values():
+        cache.logits_at(canvas, None, positions)  # pass 2: V-verify (layer 0 refreshes every row)
+        assert cache.passes[-1].rows_per_layer == [GEN] + [GEN // 4] * (model.config.num_layers - 1)
+    # layer 1: the first V-verified layer, whose input is the same in both caches (layer 0 refreshed every row)
+    layer, fresh, (k_before, v_before) = caches[False].layers[1], caches[True].layers[1], before[1]
+    assert torch.equal(layer.resp_k, fresh.resp_k)  # the same rows chosen, the same K written
+    refreshed = (layer.resp_k != k_before).transpose(1, 2).flatten(2).any(-1)[0]  # [G]
+    assert int(refreshed.sum()) == GEN // 4
+    assert torch.equal(layer.resp_v[:, :, refreshed], fresh.resp_v[:, :, refreshed])
+    assert torch.equal(layer.resp_v[:, :, ~refreshed], v_before[:, :, ~refreshed])
+    assert not torch.equal(fresh.resp_v[:, :, ~refreshed], v_before[:, :, ~refreshed])  # all V fresh there
+
+
 def test_fused_projections_are_views_of_one_matrix_and_match_the_separate_layers(model):
     layer = model.layers[0]
     h = torch.randn(2, 7, model.config.hidden_size)
@@ -329,6 +354,37 @@ def test_chunked_first_pass_equals_the_unchunked_one(model, system, monkeypatch,
     assert len(chunked_calls) == len(calls) == 16
     for a, b in zip(chunked_calls, calls):
         assert torch.equal(a, b)
+
+
+def _rope_tables_per_pass(layers: int, system: str, folder) -> list[int]:
+    """RoPE tables built in each pass (``aten.cos`` ops: one per table) of a ``layers``-layer LLaDA, with
+    16-row chunks; dLLM-Cache refreshes the prompt at passes 1, 4 and 7, Fast-dLLM starts a block at 1 and 5."""
+    write_tiny_checkpoint(folder, "llada", num_layers=layers, hidden_size=64, num_heads=4, seed=5)
+    small = load_model(folder)
+    assert small.row_chunk() == 16
+    if system == "fast-prefix":
+        block, denoiser = 4, FastDLLMCache("prefix").bind(small, PROMPT, block_length=4)
+    else:
+        press = make_press("maskkv", 32) if system == "maskkv" else None
+        block, denoiser = 8, DLLMCache(prompt_interval=3).bind(small, PROMPT, press=press, block_length=8)
+    run = lambda m: generate(m, _prompt(small), gen_length=8, steps=8, block_length=block)  # noqa: E731
+    _, counts = count_decode_steps(denoiser, run)
+    return [step.ops["aten.cos.default"] for step in counts.steps if step.kind == "pass"]
+
+
+@pytest.mark.parametrize("system", ["dllm-cache", "maskkv", "fast-prefix"])
+def test_a_pass_builds_its_rope_table_once_for_all_layers(system, monkeypatch, tmp_path):
+    """The first pass, prompt refreshes and Fast-dLLM's block forwards build the table of their rows once
+    (plus the response rows' table, once per request) and every layer and row chunk takes a view of it:
+    the count does not grow with the number of layers or chunks."""
+    monkeypatch.setattr(transformer, "MIN_ROW_CHUNK", 16)
+    monkeypatch.setattr(transformer, "ROW_CHUNK_BYTES", 1)
+    one, four = (_rope_tables_per_pass(n, system, tmp_path / str(n)) for n in (1, 4))
+    assert one == four, (one, four)
+    if system == "fast-prefix":
+        assert four == [1, 1, 0, 0, 1, 1, 0, 0]  # each block: its forward, then its query rows (second pass)
+    else:
+        assert four[0] == 2 and four[3] == four[6] == 1 and sum(four) == 4  # first pass (+ response rows), refreshes
 
 
 def test_first_pass_releases_each_layers_full_kv_after_eviction(model, tmp_path):

@@ -767,17 +767,21 @@ def test_dream_filters_match_reference(alg, filters, temperature):
 
 @pytest.mark.parametrize("alg", ["origin", "entropy", "low_confidence"])
 @pytest.mark.parametrize("temperature", [0.0, 0.5])
-def test_dream_left_padded_batch_matches_reference(alg, temperature):
+@pytest.mark.parametrize("alg_temp", [None, 0.1])
+def test_dream_left_padded_batch_matches_reference(alg, temperature, alg_temp):
+    """Several rows: greedy through the sync-free steps, T > 0 through the reference's loop (both commits:
+    top-k and, with ``alg_temp``, drawn positions)."""
     model = FakeModel("dream", seed=25)
     ids, mask = _left_padded(seed=26)
     ours, theirs, a, b = _both(
         lambda: generate(
             model, ids, attention_mask=mask, gen_length=10, steps=10, remasking=alg, temperature=temperature,
-            top_p=0.95,
+            top_p=0.95, alg_temp=alg_temp,
         ),
         lambda: ref_dream_sample(
             model, ids, attention_mask=mask, max_new_tokens=10, steps=10,
             alg="maskgit_plus" if alg == "low_confidence" else alg, temperature=temperature, top_p=0.95,
+            alg_temp=alg_temp,
         ),
         seed=17,
     )

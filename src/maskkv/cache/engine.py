@@ -79,7 +79,7 @@ class CachedDenoiser:
         self.stats = CacheStats()
         self.passes: list[PassRecord] = []
         # per-request constants, set on the first pass
-        self._rope: RotaryPositions | None = None  # every canvas row (tables made per chunk)
+        self._rope: RotaryPositions | None = None  # every canvas row (a pass makes its table once)
         self._resp_rope: RopeTable | None = None  # the response rows
         self._block: tuple[int, int] | None = None  # the sampler's current block (begin_block): positions trusted
         self.graphs: StepGraphs | None = StepGraphs() if policy.cuda_graphs else None  # used on CUDA only
@@ -186,7 +186,7 @@ class CachedDenoiser:
         length = input_ids.shape[1]
         position_ids = model.default_position_ids(attention_mask, length)
         self._rope = model.rope_positions(position_ids)
-        self._resp_rope = self._rope.rows(p, length)
+        self._resp_rope = self._rope.table(p, length)
         dtype = model.embed_tokens.weight.dtype
         self._full_bias = model.key_padding_bias(attention_mask, dtype)
         if self._full_bias is not None:
@@ -214,10 +214,11 @@ class CachedDenoiser:
         keep_prompt_features = not policy.prompt_state_exclusion
         scoring = self.plan is not None and not self.plan.keep
         voters = input_ids[:, p:] == self.config.mask_token_id
+        rope = self._rope.table()  # every row's RoPE table, once for all layers (released with the pass)
         new_layers: list[LayerCache] = []
         row0 = 0  # canvas row of x's first row: > 0 once the last layer drops the rows nobody reads
         for index, layer in enumerate(model.layers):
-            q, k, v = layer.qkv_in_chunks(x, self._rope, chunk)
+            q, k, v = layer.qkv_in_chunks(x, rope, chunk)
             keep = None if self.plan is None or scoring else self.plan.keep[index]
             if keep is not None and self.plan.press.prompt_refresh == "revote":
                 keep = self.plan.revote(self._context(index, q, k, voters))
@@ -355,6 +356,7 @@ class CachedDenoiser:
         x_prompt = model.embed_tokens(input_ids[:, :p]) if prompt_carried else None
         transfer = int(x_resp.shape[1] * policy.transfer_ratio)
         voters = input_ids[:, p:] == self.config.mask_token_id if refresh_prompt else None
+        prompt_rope = self._rope.table(0, p) if refresh_prompt else None  # once for all layers
         for index, (layer, cache) in enumerate(zip(model.layers, self.layers)):
             if refresh_response or (index == 0 and policy.layer0_response_refresh):
                 mode = "all"
@@ -362,7 +364,7 @@ class CachedDenoiser:
                 mode = "transfer" if transfer > 0 else "none"
             if refresh_prompt:
                 x_prompt, x_resp, rows = self._layer_with_prompt(
-                    index, layer, cache, x_prompt, x_resp, mode, transfer, voters
+                    index, layer, cache, x_prompt, x_resp, mode, transfer, voters, prompt_rope
                 )
             else:
                 x_resp, rows = self._response_layer(layer, cache, x_resp, mode, transfer)
@@ -400,18 +402,17 @@ class CachedDenoiser:
             return heads.narrow(1, 0, h), None
         b, g = x_resp.shape[:2]
         v_new = rows_qkv.narrow(2, h + h_kv, h_kv)  # [B, G, Hkv, hd]
-        v_old = cache.resp_v.transpose(1, 2)
-        similarity = F.cosine_similarity(v_new.reshape(b, g, -1), v_old.reshape(b, g, -1), dim=-1)
+        k_rows, v_rows = cache.resp_rows  # [B, G, Hkv, hd] views of the cached response K/V
+        similarity = F.cosine_similarity(v_new.reshape(b, g, -1), v_rows.reshape(b, g, -1), dim=-1)
         rows = similarity.topk(transfer, dim=1, largest=False).indices  # [B, R]
-        picked = rows_qkv.gather(1, rows.view(b, transfer, 1, 1).expand(-1, -1, *rows_qkv.shape[2:]))
-        heads = picked.transpose(1, 2)  # [B, H + 2 Hkv, R, hd]
-        head_index = rows.view(b, 1, transfer, 1).expand(-1, h_kv, -1, cfg.head_dim)
-        cache.resp_k.scatter_(2, head_index, heads.narrow(1, h, h_kv))
+        index = rows.view(b, transfer, 1, 1).expand(-1, -1, *rows_qkv.shape[2:])  # [B, R, H + 2 Hkv, hd]
+        picked = rows_qkv.gather(1, index)
+        k_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h, h_kv))
         if self.policy.refresh_all_values:
-            cache.resp_v.copy_(v_new.transpose(1, 2))
+            v_rows.copy_(v_new)
         else:
-            cache.resp_v.scatter_(2, head_index, heads.narrow(1, h + h_kv, h_kv))
-        return heads.narrow(1, 0, h), rows
+            v_rows.scatter_(1, index.narrow(2, 0, h_kv), picked.narrow(2, h + h_kv, h_kv))
+        return picked.narrow(2, 0, h).transpose(1, 2), rows
 
     def _finish_response(
         self, layer: DecoderBlock, cache: LayerCache, x_resp: torch.Tensor, attn: torch.Tensor | None,
@@ -449,12 +450,13 @@ class CachedDenoiser:
 
     def _layer_with_prompt(
         self, index: int, layer: DecoderBlock, cache: LayerCache, x_prompt: torch.Tensor, x_resp: torch.Tensor,
-        mode: str, transfer: int, voters: torch.Tensor,
+        mode: str, transfer: int, voters: torch.Tensor, prompt_rope: RopeTable,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Prompt refresh at one layer: fresh prompt K/V, prompt queries plus the response queries."""
+        """Prompt refresh at one layer: fresh prompt K/V, prompt queries plus the response queries
+        (``prompt_rope``: the prompt rows' RoPE table, made once per pass)."""
         p = self.prompt_length
         chunk = self.model.row_chunk()
-        q_p, k_p, v_p = layer.qkv_in_chunks(x_prompt, self._rope.rows(0, p), chunk)
+        q_p, k_p, v_p = layer.qkv_in_chunks(x_prompt, prompt_rope, chunk)
         q_r, rows = self._response_queries(layer, cache, x_resp, mode, transfer)
         keep = None if self.plan is None else self.plan.keep.get(index)
         cache.replace_prompt(k_p, v_p, None if self._prompt_valid is None else self._prompt_valid[:, None, :])
@@ -505,26 +507,29 @@ class CachedDenoiser:
     def _project(self, positions: torch.Tensor, record: PassRecord) -> torch.Tensor:
         """Final norm + LM head on the rows that predict ``positions`` (mask-only projection)."""
         p = self.prompt_length
-        rows = positions - 1 if self.config.logits_shift else positions
-        if self._block is None and bool((rows < p).any()):  # a sampler that announced its block is trusted
-            lowest = p - 1 if self.config.logits_shift else p
-            if self._last_prompt_hidden is None or bool((rows < lowest).any()):
-                raise ValueError(
-                    f"logits requested for prompt positions {positions[rows < lowest].tolist()}; "
-                    "the cache only predicts response positions"
-                )
+        shift = 1 if self.config.logits_shift else 0  # Dream: row j - 1 predicts position j
+        if self._block is None:  # a sampler that announced its block is trusted
+            rows = positions - shift
+            if bool((rows < p).any()):
+                lowest = p - shift
+                if self._last_prompt_hidden is None or bool((rows < lowest).any()):
+                    raise ValueError(
+                        f"logits requested for prompt positions {positions[rows < lowest].tolist()}; "
+                        "the cache only predicts response positions"
+                    )
+        # ``stream`` holds canvas rows ``first, first + 1, ...``: position j is read at ``j - shift - first``
         if self.policy.mask_only_projection:
-            stream, offset = self._resp_stream, p
-            if self.config.logits_shift:
-                stream, offset = torch.cat([self._last_prompt_hidden, stream], dim=1), p - 1
-            record.projected_rows = int(rows.numel())
-            return self.model.project(stream[:, rows - offset])
+            stream, first = self._resp_stream, p
+            if shift:
+                stream, first = torch.cat([self._last_prompt_hidden, stream], dim=1), p - 1
+            record.projected_rows = int(positions.numel())
+            return self.model.project(stream[:, positions - (shift + first)])
         # Ablation: project every row the pass holds, as dLLM-Cache does, then pick the rows.
         if self._prompt_stream is not None:
-            stream, offset = torch.cat([self._prompt_stream, self._resp_stream], dim=1), 0
-        elif self.config.logits_shift:
-            stream, offset = torch.cat([self._last_prompt_hidden, self._resp_stream], dim=1), p - 1
+            stream, first = torch.cat([self._prompt_stream, self._resp_stream], dim=1), 0
+        elif shift:
+            stream, first = torch.cat([self._last_prompt_hidden, self._resp_stream], dim=1), p - 1
         else:
-            stream, offset = self._resp_stream, p
+            stream, first = self._resp_stream, p
         record.projected_rows = stream.shape[1]
-        return self.model.project(stream)[:, rows - offset]
+        return self.model.project(stream)[:, positions - (shift + first)]

@@ -209,8 +209,9 @@ class FastDLLMDenoiser:
         block = _BlockState(index, start)
         x = self.model.embed_tokens(input_ids)
         chunk = self.model.row_chunk()
+        rope = self._rope.table()  # every row's RoPE table, once for all layers (released with the pass)
         for layer in self.model.layers:
-            q, k, v = layer.qkv_in_chunks(x, self._rope, chunk)
+            q, k, v = layer.qkv_in_chunks(x, rope, chunk)
             attn = layer.attend(q, k, v, self._bias)
             del q
             if self._pad_rows is not None:
@@ -245,7 +246,7 @@ class FastDLLMDenoiser:
             size = query_end - block.start
             keys = [k.narrow(2, block.start, size) for k in block.keys]
             values = [v.narrow(2, block.start, size) for v in block.values]
-            block.rows = ((query_start, query_end), self._rope.rows(query_start, query_end), keys, values)
+            block.rows = ((query_start, query_end), self._rope.table(query_start, query_end), keys, values)
         return block.rows[1], block.rows[2], block.rows[3]
 
     def _observe(self) -> None:

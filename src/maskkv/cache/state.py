@@ -75,25 +75,34 @@ class LayerCache:
     attn_mask: torch.Tensor | None = field(default=None, repr=False)  # derived from prompt_valid
     ragged: RaggedPrompt | None = None  # the kept prompt K/V, flattened (then prompt_slots == 0)
 
-    _views: tuple = field(default=(), repr=False, compare=False)  # (k, v, slots, resp_k, resp_v) memo
+    _views: tuple = field(default=(), repr=False, compare=False)  # (k, v, slots, response views) memo
 
-    def _response_views(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The response rows of ``k``/``v`` as views, made once per buffer (no op in a decode step)."""
+    def _response_views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The response rows of ``k``/``v`` as views, made once per buffer (no op in a decode step):
+        ``[B, Hkv, G, hd]`` and, transposed, ``[B, G, Hkv, hd]`` (the layout of a q/k/v projection)."""
         memo = self._views
         if not memo or memo[0] is not self.k or memo[1] is not self.v or memo[2] != self.prompt_slots:
             s = self.prompt_slots
             g = self.k.shape[2] - s
-            memo = (self.k, self.v, s, self.k.narrow(2, s, g), self.v.narrow(2, s, g))
+            resp_k, resp_v = self.k.narrow(2, s, g), self.v.narrow(2, s, g)
+            memo = (self.k, self.v, s, resp_k, resp_v, resp_k.transpose(1, 2), resp_v.transpose(1, 2))
             self._views = memo
-        return memo[3], memo[4]
+        return memo[3:]
 
     @property
     def resp_k(self) -> torch.Tensor:
+        """The response rows' keys ``[B, Hkv, G, hd]`` (a view of ``k``)."""
         return self._response_views()[0]
 
     @property
     def resp_v(self) -> torch.Tensor:
+        """The response rows' values ``[B, Hkv, G, hd]`` (a view of ``v``)."""
         return self._response_views()[1]
+
+    @property
+    def resp_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:attr:`resp_k` and :attr:`resp_v` as ``[B, G, Hkv, hd]`` (views: writes go to ``k`` and ``v``)."""
+        return self._response_views()[2:]
 
     def replace_prompt(self, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor | None) -> None:
         """Put new prompt K/V ``[B, Hkv, S', hd]`` in front of the (current) response K/V."""
@@ -101,7 +110,7 @@ class LayerCache:
             self.k[:, :, : self.prompt_slots].copy_(k)
             self.v[:, :, : self.prompt_slots].copy_(v)
         else:
-            resp_k, resp_v = self._response_views()
+            resp_k, resp_v = self.resp_k, self.resp_v
             self.k = torch.cat([k, resp_k], dim=2)
             self.v = torch.cat([v, resp_v], dim=2)
             self.prompt_slots = k.shape[2]
@@ -111,8 +120,7 @@ class LayerCache:
 
     def store_ragged(self, prompt: RaggedPrompt) -> None:
         """Hold ``prompt`` as the kept prompt K/V; ``k``/``v`` keep only the response rows."""
-        resp_k, resp_v = self._response_views()
-        self.k, self.v = resp_k.clone(), resp_v.clone()
+        self.k, self.v = self.resp_k.clone(), self.resp_v.clone()
         self._views = ()  # the memo held the full K/V alive
         self.prompt_slots = 0
         self.prompt_valid = None

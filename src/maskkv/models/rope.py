@@ -91,10 +91,12 @@ class RopeTable:
 
 @dataclass(frozen=True)
 class RotaryPositions:
-    """The positions of a canvas, whose :class:`RopeTable` rows are made on demand (``rows(start, stop)``).
+    """The positions of a canvas; :meth:`table` builds the :class:`RopeTable` of a row range.
 
-    A long pass builds the tables chunk by chunk instead of holding ``[T, hd]`` cos/sin tables for the
-    whole prompt; the values are the same (:func:`rotary_cos_sin` is elementwise per position).
+    Building a table is real work (a handful of elementwise ops over ``[rows, hd]``), so a pass builds
+    the table of its rows once and every layer slices it (:meth:`RopeTable.rows`, a view); the tables
+    live only as long as the pass holds them. The values do not depend on the range they are built for
+    (:func:`rotary_cos_sin` is elementwise per position).
     """
 
     positions: torch.Tensor  # [B or 1, T] int64
@@ -106,6 +108,8 @@ class RotaryPositions:
     def length(self) -> int:
         return self.positions.shape[1]
 
-    def rows(self, start: int, stop: int) -> RopeTable:
+    def table(self, start: int = 0, stop: int | None = None) -> RopeTable:
+        """The RoPE table of canvas rows ``[start, stop)`` (default: every row), built now."""
+        stop = self.length if stop is None else stop
         cos, sin = rotary_cos_sin(self.positions[:, start:stop], self.inv_freq)
         return RopeTable.build(cos, sin, in_fp32=self.in_fp32, dtype=self.dtype)

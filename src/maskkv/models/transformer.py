@@ -228,12 +228,13 @@ class DecoderBlock(nn.Module):
         return heads.narrow(1, 0, h), heads.narrow(1, h, h_kv), heads.narrow(1, h + h_kv, h_kv)
 
     def qkv_in_chunks(
-        self, x: torch.Tensor, rope: RopeTable | RotaryPositions, chunk: int
+        self, x: torch.Tensor, rope: RopeTable, chunk: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`qkv` computed ``chunk`` rows at a time into contiguous ``q``, ``k``, ``v`` (the same values).
 
-        The per-chunk projections are the only transient memory; ``k``/``v`` come out in the cache's
-        ``[B, Hkv, T, hd]`` layout and ``q`` can be released on its own.
+        ``rope``: the table of ``x``'s rows, built once per pass and shared by the layers (each chunk takes
+        a view). The per-chunk projections are the only transient memory; ``k``/``v`` come out in the
+        cache's ``[B, Hkv, T, hd]`` layout and ``q`` can be released on its own.
         """
         cfg = self.config
         b, t, _ = x.shape
@@ -394,7 +395,7 @@ class DiffusionTransformer(nn.Module):
         return rotary_cos_sin(position_ids, self.inv_freq.to(position_ids.device))
 
     def rope_positions(self, position_ids: torch.Tensor) -> RotaryPositions:
-        """``position_ids`` as :class:`RotaryPositions` (tables made per row range, e.g. per chunk)."""
+        """``position_ids`` as :class:`RotaryPositions` (a pass builds the table of its rows once)."""
         inv_freq = self.inv_freq.to(position_ids.device)
         dtype = self.embed_tokens.weight.dtype
         return RotaryPositions(position_ids, inv_freq, self.config.rope_in_fp32, dtype)

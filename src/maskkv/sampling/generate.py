@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
@@ -190,12 +190,15 @@ class _Block:
     start: int
     end: int
     exact: bool
+    _row: list = field(default_factory=list, repr=False, compare=False)  # [canvas, its block row (a view)]
 
     def positions(self, x: torch.Tensor, mask_id: int, masks: int, columns: torch.Tensor) -> torch.Tensor:
         """``[C]`` canvas positions for a step that starts with ``masks`` masked block positions per row."""
         if not self.exact:
             return columns[self.start : self.end]
-        masked = x[0, self.start : self.end] == mask_id
+        if not self._row or self._row[0] is not x:  # a view per canvas: the steps commit into x in place
+            self._row[:] = [x, x[0, self.start : self.end]]
+        masked = self._row[1] == mask_id
         order = torch.sort(masked, descending=True, stable=True).indices  # masked columns first, ascending
         return order[:masks] + self.start
 
@@ -283,14 +286,21 @@ def _threshold_commit(
     return x, now
 
 
-def _commit_topk(x: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, k: int) -> None:
-    """Per row, write ``x0`` into ``x`` at the ``k`` most confident positions (``sampling.md`` 1.4, 1.7).
+def _commit_scheduled(
+    x: torch.Tensor, x0: torch.Tensor, confidence: torch.Tensor, k: int, alg_temp: float | None = None
+) -> None:
+    """Per row, write ``x0`` into ``x`` at ``k`` positions chosen by ``confidence`` (``sampling.md`` 1.4, 1.7, 2.4).
 
-    ``torch.topk`` runs on full-length ``[L]`` rows as in the reference; every row commits the same
-    host-known ``k`` (the block's schedule), so one batched call serves them all.
+    The ``k`` most confident positions (``torch.topk`` on full-length ``[L]`` rows, as in the references),
+    or with Dream's ``alg_temp > 0`` ``k`` positions drawn from ``softmax(confidence / alg_temp)`` without
+    replacement. Every row commits the same host-known ``k`` (the block's schedule), so one batched call
+    serves them all.
     """
     if k > 0:
-        index = torch.topk(confidence, k).indices  # [B, k]
+        if alg_temp:
+            index = torch.multinomial(torch.softmax(confidence / alg_temp, dim=-1), num_samples=k)
+        else:
+            index = torch.topk(confidence, k).indices  # [B, k]
         x.scatter_(1, index, x0.gather(1, index))
 
 
@@ -417,7 +427,7 @@ def _llada_steps(
                 x0, confidence = step(x, block, masks)
                 steps_run += 1
                 if confidence is not None:
-                    _commit_topk(x, x0, confidence, k)
+                    _commit_scheduled(x, x0, confidence, k)
                 masks -= k
         else:
             # Threshold decoding commits a data-dependent count: one read per step (the masks left).
@@ -433,22 +443,43 @@ def _llada_steps(
     return x, nfe, steps_run, threshold is None
 
 
+@dataclass(frozen=True)
+class _DreamSettings:
+    """One Dream call's sampling settings as :func:`generate` validated them (``sampling.md`` 2.1, 2.4, 3.1).
+
+    ``alg``: the canonical remasking name (:data:`DREAM_ALGS`); ``top_p`` / ``top_k``: the effective
+    filters (the reference's hidden defaults applied; ``top_k`` None: no filter).
+    """
+
+    alg: str
+    temperature: float
+    top_p: float | None
+    top_k: int | None
+    alg_temp: float | None
+    eps: float
+    threshold: float | None
+
+    def sample(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(confidence, tokens)`` of ``logits [N, V]``: ``sample_tokens`` with this call's filters and confidence."""
+        return sample_tokens(
+            logits, self.temperature, self.top_p, self.top_k,
+            margin_confidence=self.alg == "topk_margin", neg_entropy=self.alg == "entropy",
+        )  # fmt: skip
+
+    def host_schedule(self, batch: int) -> bool:
+        """Whether the sync-free steps (host schedule, positions of :class:`_Block`) serve this call: every
+        selection that commits the scheduled count (not origin's random subset), where they draw the
+        reference's random numbers (one row, or greedy)."""
+        return (self.threshold is not None or self.alg != "origin") and (batch == 1 or self.temperature == 0)
+
+
 def _dream_steps(
-    model: Any,
-    plan: _Plan,
-    *,
-    alg: str,
-    temperature: float,
-    top_p: float | None,
-    top_k: int | None,
-    alg_temp: float | None,
-    eps: float,
-    threshold: float | None,
-    synced: bool = False,
+    model: Any, plan: _Plan, *, settings: _DreamSettings, synced: bool = False
 ) -> tuple[torch.Tensor, int, int, bool]:
     """Dream ``_sample`` (``sampling.md`` 2.4), per block when blocks are given (3.4), or threshold (3.1).
 
-    ``synced``: the reference's loop with its device reads (see :func:`_run_steps`).
+    ``synced``: the reference's loop with its device reads (see :func:`_run_steps`); otherwise the
+    sync-free steps of :func:`_dream_host_steps` where they apply (:meth:`_DreamSettings.host_schedule`).
 
     Without ``block_length`` the plan holds one block spanning the generation region, which is the
     reference's unblocked sampler exactly.
@@ -460,9 +491,8 @@ def _dream_steps(
     columns = torch.arange(length, device=x.device)
     block_length = plan.block_length
     steps_per_block = plan.steps_per_block
-    timesteps = dream_timesteps(steps_per_block, eps, device=x.device)
-    margin, negent = alg == "topk_margin", alg == "entropy"
-    rows = torch.arange(batch, device=x.device).unsqueeze(1)
+    timesteps = dream_timesteps(steps_per_block, settings.eps, device=x.device)
+    threshold = settings.threshold
     nfe = 0
     steps_run = 0
 
@@ -476,14 +506,17 @@ def _dream_steps(
         nfe += 1
         return logits[eligible[:, positions]]  # [N, V]
 
-    # Sync-free steps (host schedule, positions of _Block) for every selection that commits the scheduled
-    # count (not origin's random subset) where they draw the reference's random numbers (one row, or greedy);
-    # below, the reference's loop with its device reads.
-    if not synced and (threshold is not None or alg != "origin") and (batch == 1 or temperature == 0):
-        return _generate_dream_host(
-            model, plan, alg=alg, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp,
-            timesteps=timesteps, threshold=threshold,
-        )  # fmt: skip
+    def proposals(eligible: torch.Tensor, mask_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidates ``[B, L]`` (mask id off the eligible set) and confidence ``[B, L]`` (-inf off it)."""
+        confidence, tokens = settings.sample(mask_logits)
+        full_confidence = torch.full((batch, length), -torch.inf, dtype=mask_logits.dtype, device=x.device)
+        full_confidence[eligible] = confidence
+        candidates = torch.full_like(x, mask_id)
+        candidates[eligible] = tokens
+        return candidates, full_confidence
+
+    if not synced and settings.host_schedule(batch):
+        return _dream_host_steps(model, plan, settings, timesteps)
     for block in range(plan.gen_length // block_length):
         block_start = plan.prompt_length + block * block_length
         block_end = block_start + block_length
@@ -494,11 +527,7 @@ def _dream_steps(
                 eligible = (x == mask_id) & in_block
                 mask_logits = masked_logits(x, eligible)
                 steps_run += 1
-                confidence, tokens = sample_tokens(mask_logits, temperature, top_p, top_k, margin_confidence=margin)
-                full_confidence = torch.full((batch, length), -torch.inf, dtype=mask_logits.dtype, device=x.device)
-                full_confidence[eligible] = confidence
-                candidates = torch.full_like(x, mask_id)
-                candidates[eligible] = tokens
+                candidates, full_confidence = proposals(eligible, mask_logits)
                 x, remaining = _threshold_commit(
                     x, candidates, full_confidence, eligible, threshold=threshold, mask_id=mask_id, start=block_start,
                     end=block_end, remaining=remaining, k=None, block=block,
@@ -514,57 +543,32 @@ def _dream_steps(
                 continue
             t = timesteps[i]
             s = timesteps[i + 1]
-            if alg == "origin":
+            if settings.alg == "origin":
                 p_transfer = 1 - s / t if i < steps_per_block - 1 else 1
                 new = torch.full((mask_logits.shape[0],), mask_id, dtype=torch.long, device=x.device)
                 chosen = torch.rand(mask_logits.shape[0], device=x.device) < p_transfer
-                _, new[chosen] = sample_tokens(mask_logits[chosen], temperature, top_p, top_k)
+                _, new[chosen] = settings.sample(mask_logits[chosen])
                 x[eligible] = new
                 continue
-            confidence, tokens = sample_tokens(
-                mask_logits, temperature, top_p, top_k, margin_confidence=margin, neg_entropy=negent
-            )
+            candidates, full_confidence = proposals(eligible, mask_logits)
             k = dream_num_transfer_tokens(eligible, timesteps, i, steps_per_block)
-            full_confidence = torch.full((batch, length), -torch.inf, dtype=mask_logits.dtype, device=x.device)
-            full_confidence[eligible] = confidence
-            if k > 0:
-                if alg_temp is None or alg_temp == 0:
-                    index = torch.topk(full_confidence, k).indices
-                else:
-                    weights = torch.softmax(full_confidence / alg_temp, dim=-1)
-                    index = torch.multinomial(weights, num_samples=k)
-                candidates = torch.full_like(x, mask_id)
-                candidates[eligible] = tokens
-                row_index = rows.expand_as(index)
-                x[row_index, index] = candidates[row_index, index]
+            _commit_scheduled(x, candidates, full_confidence, k, settings.alg_temp)
     return x, nfe, steps_run, False
 
 
-def _generate_dream_host(
-    model: Any,
-    plan: _Plan,
-    *,
-    alg: str,
-    temperature: float,
-    top_p: float | None,
-    top_k: int | None,
-    alg_temp: float | None,
-    timesteps: torch.Tensor,
-    threshold: float | None,
+def _dream_host_steps(
+    model: Any, plan: _Plan, settings: _DreamSettings, timesteps: torch.Tensor
 ) -> tuple[torch.Tensor, int, int, bool]:
     """Dream's steps with the commit counts known on the host: no device read in a step (``sampling.md`` 2.4, 3.1).
 
     Every block starts all masks and every step commits its scheduled count per row, so the schedule of
-    :func:`dream_transfer_schedule` (with the sampler's own float32 timesteps) is the reference's
+    :func:`dream_transfer_schedule` (with the sampler's own float32 ``timesteps``) is the reference's
     ``int(avg * (1 - s / t))`` step for step. Threshold decoding reads the masks left once per step.
     """
-    config = model.config
-    x = plan.x
+    x, mask_id, threshold = plan.x, model.config.mask_token_id, settings.threshold
     batch, length = x.shape
-    mask_id = config.mask_token_id
     columns = torch.arange(length, device=x.device)
     block_length = plan.block_length
-    margin, negent = alg == "topk_margin", alg == "entropy"
     exact = batch == 1 and not _static_positions(model)
     schedule = None if threshold is not None else dream_transfer_schedule(
         block_length, plan.steps_per_block, timesteps=timesteps
@@ -579,9 +583,7 @@ def _generate_dream_host(
         logits = model.logits_at(x, plan.attention_mask, positions)  # [B, C, V], shift done by the model
         nfe += 1
         # Row-major over (row, position) like the reference's logits[mask_index]; with one row exactly its rows.
-        confidence, tokens = sample_tokens(
-            logits.flatten(0, 1), temperature, top_p, top_k, margin_confidence=margin, neg_entropy=negent
-        )
+        confidence, tokens = settings.sample(logits.flatten(0, 1))
         full_confidence = torch.full((batch, length), -torch.inf, dtype=logits.dtype, device=x.device)
         full_confidence[:, positions] = confidence.view(batch, -1)
         candidates = torch.full_like(x, mask_id)
@@ -615,13 +617,7 @@ def _generate_dream_host(
             if masks == 0:  # no masks left: the reference's draws here are all empty
                 continue
             candidates, full_confidence, _ = propose(block, masks)
-            if k > 0:
-                if alg_temp is None or alg_temp == 0:
-                    chosen = torch.topk(full_confidence, k).indices
-                else:
-                    weights = torch.softmax(full_confidence / alg_temp, dim=-1)
-                    chosen = torch.multinomial(weights, num_samples=k)
-                x.scatter_(1, chosen, candidates.gather(1, chosen))
+            _commit_scheduled(x, candidates, full_confidence, k, settings.alg_temp)
             masks -= k
     return x, nfe, steps_run, threshold is None
 
@@ -768,17 +764,11 @@ def generate(
                 softmax_dtype=softmax_dtype,
             )
         else:
-            x, nfe, steps_run = _generate_dream(
-                denoiser,
-                plan,
-                alg=alg,
-                temperature=temperature,
-                top_p=top_p,
-                top_k=top_k,
-                alg_temp=alg_temp,
-                eps=eps,
+            settings = _DreamSettings(
+                alg=alg, temperature=temperature, top_p=top_p, top_k=top_k, alg_temp=alg_temp, eps=eps,
                 threshold=threshold,
-            )
+            )  # fmt: skip
+            x, nfe, steps_run = _generate_dream(denoiser, plan, settings=settings)
         seconds = _elapsed(start, device)
     # A clone made outside inference mode is an ordinary tensor: callers may edit it in place.
     cache_bytes = None if denoiser is model else denoiser.stats.as_dict()
