@@ -448,6 +448,68 @@ def test_whole_block_positions_give_the_same_tokens(model, system):
     assert torch.equal(static.sequences, plain.sequences)
 
 
+#: Tensors a steady pass may rebind: scratch that the same pass writes before it reads it (the response stream
+#: that the pass's own projection reads).
+PASS_SCRATCH = {"._resp_stream"}
+
+
+def _held_tensors(obj, path: str = "", depth: int = 0, seen: set | None = None, out: dict | None = None) -> dict:
+    """``{attribute path: (data_ptr, shape, dtype)}`` of every tensor a denoiser holds (the model's excepted)."""
+    out = {} if out is None else out
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        out[path] = (obj.data_ptr(), tuple(obj.shape), obj.dtype)
+        return out
+    if depth > 4 or id(obj) in seen or isinstance(obj, (torch.nn.Module, str, int, float, bool, type(None))):
+        return out
+    seen.add(id(obj))
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    elif hasattr(obj, "__dict__"):
+        items = vars(obj).items()
+    else:
+        return out
+    for key, value in items:
+        _held_tensors(value, f"{path}.{key}", depth + 1, seen, out)
+    return out
+
+
+@pytest.mark.parametrize("system", ["dllm-cache", "maskkv", "adakv", "fast-prefix", "fast-dual"])
+def test_replayed_passes_rebind_no_tensor_the_denoiser_keeps(model, system):
+    """What CUDA-graph replay needs: a replay runs no Python, so a steady pass after the first of its kind (the
+    pass that is captured) may change what the denoiser holds only in place. A rebound tensor would keep its
+    capture-time value on replay, or sit in the graphs' shared pool where another graph's replay overwrites it."""
+    prompt = _prompt(model, 120, seed=3)
+    if system.startswith("fast-"):
+        denoiser = FastDLLMCache(system.removeprefix("fast-")).bind(model, 120, block_length=8)
+    else:
+        press = None if system == "dllm-cache" else make_press(system, 16)
+        denoiser = DLLMCache().bind(model, 120, press=press, block_length=8)
+    steady = denoiser.decode_pass
+    seen_kinds: set = set()
+    rebound: dict = {}
+    passes = []
+
+    def watched(*args):
+        kind = (denoiser._block.index, args[2]) if system.startswith("fast-") else (args[2], tuple(args[1].shape))
+        before = _held_tensors(denoiser)
+        logits = steady(*args)
+        after = _held_tensors(denoiser)
+        if kind in seen_kinds:
+            changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+            rebound.update(dict.fromkeys(changed - PASS_SCRATCH, kind))
+        seen_kinds.add(kind)
+        passes.append(kind)
+        return logits
+
+    denoiser.decode_pass = watched
+    generate(_StaticPositions(denoiser), prompt, gen_length=24, steps=24, block_length=8)  # shapes as on CUDA
+    assert len(seen_kinds) >= 2 and len(passes) >= 2 * len(seen_kinds)  # kinds that replay
+    assert not rebound, rebound
+
+
 def test_cuda_graph_option_is_ignored_off_cuda(model):
     prompt = _prompt(model, 40, seed=8)
     kwargs = dict(gen_length=16, steps=16, block_length=8, press=MaskKVPress(budget=8))
