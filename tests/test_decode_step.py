@@ -510,6 +510,91 @@ def test_replayed_passes_rebind_no_tensor_the_denoiser_keeps(model, system):
     assert not rebound, rebound
 
 
+class _EmulatedGraphs:
+    """CUDA-graph semantics on the CPU, for :class:`maskkv.cache.graphs.StepGraphs`: a capture runs the pass's
+    Python but none of its effects stay (every tensor the denoiser holds is restored), and a replay writes the
+    pass's result into the captured output buffer. Together with the test above (a replay rebinds nothing)
+    this checks the bookkeeping around the graphs (keys, fixed inputs, reused outputs, clearing) for tokens."""
+
+    def __init__(self, owner) -> None:
+        self.owner = owner
+
+    def warm_up(self, fn, inputs):
+        return fn(*inputs)
+
+    def capture(self, fn, inputs):
+        held = {}
+        _collect_tensors(self.owner, held)
+        saved = [(t, t.clone()) for t in held.values()]
+        output = fn(*inputs)
+        for tensor, value in saved:
+            tensor.copy_(value)  # a capture records kernels without running them
+        return (fn, inputs, output, self._addresses()), output
+
+    def replay(self, graph) -> None:
+        fn, inputs, output, addresses = graph
+        # recorded kernels read and write the buffers they were captured with: the denoiser must still hold them
+        assert self._addresses() == addresses, "a graph replayed after the tensors it was captured on were replaced"
+        output.copy_(fn(*inputs))
+
+    def _addresses(self) -> dict:
+        held = _held_tensors(self.owner)
+        return {path: address for path, address in held.items()
+                if path not in PASS_SCRATCH and not path.startswith(".graphs.")}
+
+
+def _collect_tensors(obj, out: dict, depth: int = 0, seen: set | None = None) -> None:
+    """Every tensor a denoiser holds (the model's excepted), by identity."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, torch.Tensor):
+        out[id(obj)] = obj
+        return
+    if depth > 4 or id(obj) in seen or isinstance(obj, (torch.nn.Module, str, int, float, bool, type(None))):
+        return
+    seen.add(id(obj))
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else (
+        vars(obj).values() if hasattr(obj, "__dict__") else ())
+    for value in values:
+        _collect_tensors(value, out, depth + 1, seen)
+
+
+@pytest.mark.parametrize("system,options", [
+    ("dllm-cache", {}), ("maskkv", {}), ("adakv", {}), ("snapkv", {}), ("fast-prefix", {}), ("fast-dual", {}),
+    ("dllm-cache", {"remasking": "origin"}),  # Dream: other positions each pass, a graph per shape
+    ("maskkv", {"prompt_interval": 6}), ("adakv", {"prompt_interval": 6}),  # refreshes re-evict: graphs cleared
+])  # fmt: skip
+def test_emulated_graph_replay_decodes_like_the_eager_steps(model, system, options, monkeypatch):
+    """The capture path end to end on the CPU (``CUDA`` emulated by :class:`_EmulatedGraphs`): graphs captured and
+    replayed by kind and shape give exactly the eager tokens."""
+    import maskkv.cache.engine as engine_module
+    import maskkv.cache.fast_dllm as fast_module
+
+    if options.get("remasking") == "origin" and model.config.family != "dream":
+        pytest.skip("origin remasking is Dream's")
+    prompt = _prompt(model, 120, seed=6)
+    interval = options.pop("prompt_interval", 50)
+    kwargs = dict(gen_length=24, steps=24, block_length=8, **options)
+
+    def bind(graphs: bool):
+        if system.startswith("fast-"):
+            return FastDLLMCache(system.removeprefix("fast-"), cuda_graphs=graphs).bind(model, 120, block_length=8)
+        press = None if system == "dllm-cache" else make_press(system, 16)
+        cache = DLLMCache(prompt_interval=interval, cuda_graphs=graphs)
+        return cache.bind(model, 120, press=press, block_length=8)
+
+    torch.manual_seed(0)
+    eager = generate(bind(False), prompt, **kwargs)
+    for module in (engine_module, fast_module):
+        monkeypatch.setattr(module, "graphs_usable", lambda tensor: True)
+    denoiser = bind(True)
+    denoiser.graphs.backend = _EmulatedGraphs(denoiser)
+    torch.manual_seed(0)
+    graphed = generate(denoiser, prompt, **kwargs)
+    assert denoiser.static_positions and denoiser.graphs.failure is None
+    assert denoiser.graphs.captures >= 2 and denoiser.graphs.replays >= 8
+    assert torch.equal(graphed.sequences, eager.sequences)
+
+
 def test_cuda_graph_option_is_ignored_off_cuda(model):
     prompt = _prompt(model, 40, seed=8)
     kwargs = dict(gen_length=16, steps=16, block_length=8, press=MaskKVPress(budget=8))

@@ -22,9 +22,38 @@ import torch
 
 @dataclass
 class _Captured:
-    graph: Any  # torch.cuda.CUDAGraph
+    graph: Any  # what the backend's capture returned (a torch.cuda.CUDAGraph)
     inputs: tuple[torch.Tensor, ...]
     output: Any
+
+
+class CudaGraphBackend:
+    """The CUDA primitives :class:`StepGraphs` uses, in one place (tests emulate them on the CPU)."""
+
+    def __init__(self) -> None:
+        self._pool: Any = None
+
+    def warm_up(self, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> Any:
+        """``fn(*inputs)`` run eagerly on a side stream (CUDA graphs need a warm-up before capture)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            result = fn(*inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        return result
+
+    def capture(self, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> tuple[Any, Any]:
+        """``(graph, output)``: ``fn(*inputs)`` recorded, not run (its Python runs; its kernels do not)."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = fn(*inputs)
+        return graph, output
+
+    def replay(self, graph: Any) -> None:
+        """Run the recorded kernels again on the captured buffers (no Python of ``fn`` runs)."""
+        graph.replay()
 
 
 @dataclass
@@ -34,8 +63,8 @@ class StepGraphs:
     captures: int = 0
     replays: int = 0
     failure: str | None = None  # why a capture failed: the passes then run eagerly
+    backend: Any = field(default_factory=CudaGraphBackend)
     _graphs: dict[Hashable, _Captured] = field(default_factory=dict)
-    _pool: Any = None
 
     def clear(self) -> None:
         """Forget every graph (the tensors they read or write were replaced)."""
@@ -54,21 +83,13 @@ class StepGraphs:
         if entry is not None:
             for static, new in zip(entry.inputs, inputs):
                 static.copy_(new)
-            entry.graph.replay()
+            self.backend.replay(entry.graph)
             self.replays += 1
             return entry.output
         static_inputs = tuple(t.clone() for t in inputs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            result = fn(*static_inputs)  # the warm-up is this step's real pass
-        torch.cuda.current_stream().wait_stream(side)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
+        result = self.backend.warm_up(fn, static_inputs)  # the warm-up is this step's real pass
         try:
-            with torch.cuda.graph(graph, pool=self._pool):
-                output = fn(*static_inputs)  # recorded, not run: the caches keep the warm-up's updates
+            graph, output = self.backend.capture(fn, static_inputs)  # the caches keep the warm-up's updates
         except Exception as err:  # noqa: BLE001 - an op that cannot be captured: stay eager, say why
             self.failure = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             self._graphs.clear()
