@@ -453,12 +453,12 @@ def test_whole_block_positions_give_the_same_tokens(model, system):
 PASS_SCRATCH = {"._resp_stream"}
 
 
-def _held_tensors(obj, path: str = "", depth: int = 0, seen: set | None = None, out: dict | None = None) -> dict:
-    """``{attribute path: (data_ptr, shape, dtype)}`` of every tensor a denoiser holds (the model's excepted)."""
+def _tensors_held(obj, path: str = "", depth: int = 0, seen: set | None = None, out: dict | None = None) -> dict:
+    """``{attribute path: tensor}`` of every tensor a denoiser holds (the model's excepted)."""
     out = {} if out is None else out
     seen = set() if seen is None else seen
     if isinstance(obj, torch.Tensor):
-        out[path] = (obj.data_ptr(), tuple(obj.shape), obj.dtype)
+        out[path] = obj
         return out
     if depth > 4 or id(obj) in seen or isinstance(obj, (torch.nn.Module, str, int, float, bool, type(None))):
         return out
@@ -472,8 +472,13 @@ def _held_tensors(obj, path: str = "", depth: int = 0, seen: set | None = None, 
     else:
         return out
     for key, value in items:
-        _held_tensors(value, f"{path}.{key}", depth + 1, seen, out)
+        _tensors_held(value, f"{path}.{key}", depth + 1, seen, out)
     return out
+
+
+def _held_addresses(obj) -> dict:
+    """``{attribute path: (data_ptr, shape, dtype)}``: where each tensor a denoiser holds lives."""
+    return {path: (t.data_ptr(), tuple(t.shape), t.dtype) for path, t in _tensors_held(obj).items()}
 
 
 @pytest.mark.parametrize("system", ["dllm-cache", "maskkv", "adakv", "fast-prefix", "fast-dual"])
@@ -494,9 +499,9 @@ def test_replayed_passes_rebind_no_tensor_the_denoiser_keeps(model, system):
 
     def watched(*args):
         kind = (denoiser._block.index, args[2]) if system.startswith("fast-") else (args[2], tuple(args[1].shape))
-        before = _held_tensors(denoiser)
+        before = _held_addresses(denoiser)
         logits = steady(*args)
-        after = _held_tensors(denoiser)
+        after = _held_addresses(denoiser)
         if kind in seen_kinds:
             changed = {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
             rebound.update(dict.fromkeys(changed - PASS_SCRATCH, kind))
@@ -523,9 +528,7 @@ class _EmulatedGraphs:
         return fn(*inputs)
 
     def capture(self, fn, inputs):
-        held = {}
-        _collect_tensors(self.owner, held)
-        saved = [(t, t.clone()) for t in held.values()]
+        saved = [(t, t.clone()) for t in _tensors_held(self.owner).values()]
         output = fn(*inputs)
         for tensor, value in saved:
             tensor.copy_(value)  # a capture records kernels without running them
@@ -538,24 +541,9 @@ class _EmulatedGraphs:
         output.copy_(fn(*inputs))
 
     def _addresses(self) -> dict:
-        held = _held_tensors(self.owner)
+        held = _held_addresses(self.owner)
         return {path: address for path, address in held.items()
                 if path not in PASS_SCRATCH and not path.startswith(".graphs.")}
-
-
-def _collect_tensors(obj, out: dict, depth: int = 0, seen: set | None = None) -> None:
-    """Every tensor a denoiser holds (the model's excepted), by identity."""
-    seen = set() if seen is None else seen
-    if isinstance(obj, torch.Tensor):
-        out[id(obj)] = obj
-        return
-    if depth > 4 or id(obj) in seen or isinstance(obj, (torch.nn.Module, str, int, float, bool, type(None))):
-        return
-    seen.add(id(obj))
-    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else (
-        vars(obj).values() if hasattr(obj, "__dict__") else ())
-    for value in values:
-        _collect_tensors(value, out, depth + 1, seen)
 
 
 @pytest.mark.parametrize("system,options", [
