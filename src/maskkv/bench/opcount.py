@@ -29,6 +29,8 @@ from typing import Any, Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..sampling.wrapper import DenoiserWrapper
+
 _aten = torch.ops.aten
 # ops whose result the host must wait for, or whose output shape depends on tensor values
 SYNC_OPS = frozenset(
@@ -113,23 +115,13 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-class _CountedDenoiser:
+class _CountedDenoiser(DenoiserWrapper):
     """Wraps a denoiser: each ``logits_at`` opens a ``pass`` segment, ``begin_block`` a ``block`` one,
     ``end_blocks`` (the sampler is done) an ``end`` one."""
 
     def __init__(self, inner: Any, counter: OpCounter) -> None:
-        self.inner, self.counter = inner, counter
-        self.config = inner.config
-        self.full_logits = getattr(inner, "full_logits", True)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def reset(self) -> None:
-        """``generate`` re-runs a call whose model committed the mask token: start the inner denoiser afresh."""
-        inner_reset = getattr(self.inner, "reset", None)
-        if inner_reset is not None:
-            inner_reset()
+        super().__init__(inner)
+        self.counter = counter
 
     def begin_block(self, start: int, end: int) -> None:
         self.counter.segment("block")
@@ -145,7 +137,7 @@ class _CountedDenoiser:
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor):
         self.counter.segment("pass")
-        return self.inner.logits_at(input_ids, attention_mask, positions)
+        return super().logits_at(input_ids, attention_mask, positions)
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ..cache.dllm_cache import DLLMCache
 from ..cache.fast_dllm import FastDLLMCache
 from ..presses import PRESSES, make_press
 from ..presses.base import Press
+from ..sampling.wrapper import DenoiserWrapper
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class StopTiming(Exception):
     """Raised by :class:`PassTimer` after its pass limit, to end an extrapolated run early."""
 
 
-class PassTimer:
+class PassTimer(DenoiserWrapper):
     """Wraps anything with ``config`` and ``logits_at`` and records the wall time of every pass.
 
     ``reference_logits``: call ``inner(x, mask).logits`` (all rows) and pick the positions, as the
@@ -141,25 +142,13 @@ class PassTimer:
     ) -> None:  # fmt: skip
         """``memory``: read after each of the first ``memory_passes`` passes into :attr:`memory_peaks`
         (e.g. the peak memory since a reset: the first pass and one decode step)."""
-        self.inner = inner
-        self.config = inner.config
+        super().__init__(inner)
         self.reference_logits = reference_logits
         self.max_passes = max_passes
         self.seconds: list[float] = []
         self.memory, self.memory_passes = memory, memory_passes
         self.memory_peaks: list[int | None] = []
         self._cuda = _device_of(inner).type == "cuda"
-
-    def __getattr__(self, name: str) -> Any:  # begin_block / end_blocks of a cached denoiser
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    def reset(self) -> None:
-        """``generate`` re-runs a call whose model committed the mask token: start the inner denoiser afresh."""
-        inner_reset = getattr(self.inner, "reset", None)
-        if inner_reset is not None:
-            inner_reset()
 
     def logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                   positions: torch.Tensor) -> torch.Tensor:  # fmt: skip

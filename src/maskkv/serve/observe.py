@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..sampling.wrapper import DenoiserWrapper
+
 
 class _NoStats:
     @staticmethod
@@ -20,34 +22,29 @@ class _NoStats:
         return None
 
 
-class _ObservedDenoiser:
+class _ObservedDenoiser(DenoiserWrapper):
     """Wraps the per-request denoiser ``generate`` would have used; calls the hook before every pass."""
 
     def __init__(self, inner: Any, hook: StepHook) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._hook = hook
         self._passes = 0
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
     def reset(self) -> None:
         """``generate`` re-runs a call whose model committed the mask token: start the inner denoiser afresh."""
-        inner_reset = getattr(self._inner, "reset", None)
-        if inner_reset is not None:
-            inner_reset()
+        super().reset()
         self._passes = 0
 
     @property
     def stats(self) -> Any:
-        return getattr(self._inner, "stats", _NoStats())
+        return getattr(self.inner, "stats", _NoStats())
 
     def logits_at(self, x: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
         self._hook.before_pass(x)
-        logits = self._inner.logits_at(x, attention_mask, positions)
+        logits = self.inner.logits_at(x, attention_mask, positions)
         self._passes += 1
         if self._passes == 1:
-            self._hook.after_first_pass(getattr(self._inner, "plan", None))
+            self._hook.after_first_pass(getattr(self.inner, "plan", None))
         return logits
 
 
