@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..text import cut_at_stop, decode_answer, left_pad, pad_token_id, stop_token_ids
 from .observe import StepHook, kept_counts
 from .protocol import APIError
 
@@ -85,23 +86,17 @@ class TextTracker:
     """
 
     def __init__(self, tokenizer: Any, stops: list[str]) -> None:
-        from ..text import stop_token_ids
-
         self.tokenizer = tokenizer
         self.stops = stops
         self.stop_ids = stop_token_ids(tokenizer)
 
     def answer_ids(self, ids: list[int]) -> tuple[list[int], bool]:
         """(the ids before the first EOS/EOT, whether one occurred): :func:`maskkv.text.cut_at_stop`."""
-        from ..text import cut_at_stop
-
         kept = cut_at_stop(ids, self.stop_ids)
         return kept, len(kept) < len(ids)
 
     def visible(self, ids: list[int], final: bool) -> tuple[str, bool, bool]:
         """(text, complete, stopped): the text safe to show for generated ``ids`` so far."""
-        from ..text import decode_answer
-
         ids, hit_eos = self.answer_ids(ids)
         text = decode_answer(self.tokenizer, ids, eos_cut=False, strip=False).lstrip()
         cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
@@ -161,7 +156,6 @@ class ModelWorker:
     def load(self) -> None:
         """Load the model and tokenizer (in the worker thread; ``/health`` is 503 until this finishes)."""
         from .. import load_model, load_tokenizer
-        from ..text import pad_token_id
 
         self.model = None
         model = load_model(self.settings.model_path, device=self.settings.device, dtype=self.settings.dtype)
@@ -296,7 +290,6 @@ class ModelWorker:
     def _decode(self, batch: list[Job]) -> None:
         """Decode one batch with ``generate``; send each job its blocks, then its result (or an error)."""
         from .. import generate
-        from ..text import left_pad
 
         batch = [job for job in batch if not job.cancelled.is_set()]
         if not batch:
