@@ -119,7 +119,6 @@ class MaskKVLM(LM):
         self._batch_size = self._parse_batch_size(get("batch_size", 1))
         self.mc_batch_size = optional(get("mc_batch_size"), int, "mc_batch_size") or self._batch_size
         self.sampling_eps = float(get("sampling_eps", 1e-3))
-        self._check_greedy_arg = get("is_check_greedy")
         if self.mc_num < 1 or self.mc_batch_size < 1:
             raise ModelArgsError(f"model_args mc_num={self.mc_num} and mc_batch_size={self.mc_batch_size} must be >= 1")
 
@@ -132,7 +131,7 @@ class MaskKVLM(LM):
                                 rope_scaling_factor=float(get("rope_scaling_factor", 1.0)))
         self.family = self.model.config.family
         self._check_remasking()
-        self.check_greedy = self._parse_check_greedy(self._check_greedy_arg)
+        self.check_greedy = self._parse_check_greedy(get("is_check_greedy"))
         self.max_length = int(get("max_length") or self.model.config.max_position_embeddings)
         self.pad_id = pad_token_id(self.model.config, self.tokenizer)
 
